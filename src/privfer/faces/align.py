@@ -6,8 +6,6 @@ import math
 import cv2
 import numpy as np
 
-from ..data.image import to_gray
-
 
 def crop_box(box: tuple[float, float, float, float], margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """Square box ``(x, y, side, side)`` around ``box`` (x, y, w, h), grown by ``margin`` (fraction of the side).
@@ -34,6 +32,10 @@ def align_face(
     array (left eye, right eye, nose, left and right mouth corner, in image coordinates); when given,
     the crop is rotated so that the eye line is horizontal.
     """
+    # Imported here: privfer.data imports this module (for its cache), so a module-level import of
+    # privfer.data would be circular whenever privfer.faces is imported first.
+    from ..data.image import to_gray
+
     gray = to_gray(img)
     H, W = gray.shape
     if box is None:

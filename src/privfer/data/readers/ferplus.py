@@ -53,15 +53,18 @@ def read_label_csv(path: Path, split: str, labels: str, dropped: Counter) -> lis
                 votes = np.array([float(v) for v in row[2:]], np.float32)
             except ValueError:
                 raise PrivferError(f"{path}:{lineno}: vote counts must be numbers") from None
-            label = votes_to_label(votes, dropped)
             dist = None
-            if labels == "votes":
+            if labels == "votes":  # keep every face with emotion votes; label = most-voted emotion
                 v8 = votes[: len(CLASSES)]
                 if v8.sum() <= 0:
+                    dropped["no emotion votes"] += 1
                     continue
                 dist = v8 / v8.sum()
-            elif label is None:
-                continue
+                label = CLASSES[int(np.argmax(v8))]
+            else:
+                label = votes_to_label(votes, dropped)
+                if label is None:
+                    continue
             box = parse_box(row[1], f"{path}:{lineno}")
             samples.append(Sample(str(path.parent / row[0]), label, split, votes=dist, box=box))
     return samples

@@ -1,0 +1,75 @@
+"""``privfer train``: parse flags into a TrainConfig and run the training loop."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import PrivferError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model (DP-SGD on --private data, non-private on --public data)",
+                       description="Data named by --private is trained on only with DP-SGD; data named by --public only "
+                                   "without DP. Both: stage 1 public (no DP), stage 2 DP fine-tuning on private data.")
+    p.add_argument("--config", help="YAML/JSON config file (flags override it)")
+    p.add_argument("--public", help="KIND:PATH[@SPLIT] trained on WITHOUT privacy")
+    p.add_argument("--private", help="KIND:PATH[@SPLIT] trained on only with DP-SGD")
+    p.add_argument("--public-split", type=float, help="with --private alone: make this fraction of it public by content hash")
+    p.add_argument("--val", help="validation spec (default: the dataset's val split)")
+    p.add_argument("--model", help="cnn | resnet | fusion (default fusion)")
+    p.add_argument("--epsilon", type=float)
+    p.add_argument("--delta", type=float)
+    p.add_argument("--epochs", type=int, help="epochs of the private stage (or of the only stage)")
+    p.add_argument("--public-epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="expected logical batch of the private stage (or the only stage)")
+    p.add_argument("--physical-batch-size", type=int)
+    p.add_argument("--max-grad-norm", type=float)
+    p.add_argument("--aug-mult", type=int, help="augmentation multiplicity K under DP")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--public-lr", type=float)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--labels", choices=["majority", "votes"])
+    p.add_argument("--negative-recall", type=float, help="fit the negative threshold to meet this validation recall")
+    p.add_argument("--limit", type=int, help="use only the first N training samples")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", help="run directory (default runs/latest)")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run exactly (optionally with more --epochs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..train.config import TrainConfig
+    from ..train.loop import train
+
+    overrides = {
+        "public": args.public, "private": args.private, "public_split": args.public_split, "val": args.val,
+        "model": args.model, "epsilon": args.epsilon, "delta": args.delta, "epochs": args.epochs,
+        "public_epochs": args.public_epochs, "batch_size": args.batch_size,
+        "physical_batch_size": args.physical_batch_size, "max_grad_norm": args.max_grad_norm,
+        "aug_mult": args.aug_mult, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
+        "augment": False if args.no_augment else None, "labels": args.labels,
+        "negative_recall": args.negative_recall, "limit": args.limit, "seed": args.seed, "threads": args.threads,
+    }
+    if args.public and not args.private and not args.public_split and not args.config:
+        # Non-private only: --epochs/--batch-size/--lr name the (only) public stage.
+        overrides.update(public_epochs=args.epochs or args.public_epochs, public_batch_size=args.batch_size,
+                         public_lr=args.lr or args.public_lr, epochs=None, batch_size=None, lr=None)
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg_file = run_dir / "config.json"
+        if not (run_dir / "checkpoint" / "state.json").is_file() or not cfg_file.is_file():
+            raise PrivferError(f"{run_dir}: not a privfer run directory (no config.json and checkpoint/state.json)")
+        saved = json.loads(cfg_file.read_text())
+        extra = {k: v for k, v in overrides.items() if v is not None and k in ("epochs", "public_epochs", "threads")}
+        cfg = TrainConfig.from_dict({**saved, "out": str(run_dir)}, source=str(cfg_file), **extra)
+        train(cfg, resume=True, progress=not args.quiet)
+        return 0
+    if args.config:
+        cfg = TrainConfig.from_file(args.config, out=args.out, **overrides)
+    else:
+        cfg = TrainConfig.from_dict({}, source="flags", out=args.out or "runs/latest", **overrides)
+    train(cfg, progress=not args.quiet)
+    return 0

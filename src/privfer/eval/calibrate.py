@@ -1,0 +1,88 @@
+"""Post-hoc calibration on a validation split: softmax temperature and the negative-score threshold.
+
+Training calls both at its end and stores ``temperature`` and ``negative_threshold`` in the model card.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import PrivferError
+from .metrics import binary_curve
+
+#: Search range for the temperature.
+T_MIN, T_MAX = 0.05, 20.0
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of ``labels`` under softmax(logits / temperature), via log-sum-exp."""
+    z = logits / temperature
+    m = z.max(axis=1)
+    lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits, labels, t_min: float = T_MIN, t_max: float = T_MAX, tol: float = 1e-6) -> float:
+    """Temperature T in [t_min, t_max] minimising the NLL of softmax(logits / T).
+
+    Golden-section search over log T (deterministic). The NLL is convex in 1/T, hence unimodal in
+    log T, so the search finds the global minimum on the interval (an end point when the optimum lies
+    outside it).
+    """
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64).ravel()
+    if z.ndim != 2 or len(z) == 0:
+        raise PrivferError(f"fit_temperature needs logits of shape [N, C] with N > 0, got {z.shape}")
+    if len(y) != len(z):
+        raise PrivferError(f"fit_temperature: {len(z)} logit rows but {len(y)} labels")
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise PrivferError(f"fit_temperature: labels must lie in [0, {z.shape[1]})")
+    if not np.isfinite(z).all():
+        raise PrivferError("fit_temperature: logits contain NaN or infinity")
+    if not 0 < t_min < t_max:
+        raise PrivferError(f"fit_temperature: need 0 < t_min < t_max, got {t_min}, {t_max}")
+
+    def f(u: float) -> float:
+        return _nll(z, y, math.exp(u))
+
+    a, b = math.log(t_min), math.log(t_max)
+    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tol:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - _GOLDEN * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + _GOLDEN * (b - a)
+            fd = f(d)
+    return float(math.exp((a + b) / 2))
+
+
+def fit_threshold(neg_scores, is_negative, recall_target: float | None = None) -> float:
+    """Threshold on the negative score (predict negative where ``score >= threshold``).
+
+    Without ``recall_target``: the threshold maximising F1 of negative-vs-rest (the highest one on
+    ties). With ``recall_target`` in (0, 1]: the highest threshold whose recall is >= the target.
+    The threshold is always one of the observed scores.
+    """
+    s = np.asarray(neg_scores, np.float64).ravel()
+    y = np.asarray(is_negative, bool).ravel()
+    if s.size == 0 or s.size != y.size:
+        raise PrivferError(f"fit_threshold needs as many labels as scores (> 0), got {y.size} and {s.size}")
+    if not np.isfinite(s).all():
+        raise PrivferError("fit_threshold: scores contain NaN or infinity")
+    thresholds, tp, fp = binary_curve(y, s)
+    positives = tp[-1]
+    if positives == 0:
+        raise PrivferError("fit_threshold: no negative-class example to fit the threshold on")
+    if recall_target is None:
+        f1 = 2 * tp / (tp + fp + positives)
+        return float(thresholds[int(np.argmax(f1))])
+    if not 0 < recall_target <= 1:
+        raise PrivferError(f"negative recall target must be in (0, 1], got {recall_target}")
+    # recall grows as the threshold falls: take the first (highest) threshold that reaches the target
+    return float(thresholds[int(np.argmax(tp / positives >= recall_target))])

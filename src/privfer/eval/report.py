@@ -1,0 +1,405 @@
+"""Render training runs into a Markdown report with figures, and a compact results table for the README.
+
+A run is a run directory (``model.safetensors``, ``model_card.json``, ``metrics.jsonl``) or any model
+reference :func:`privfer.models.io.load_model` accepts (a shipped model has no training curves).
+Train/validation loss and accuracy come from the final epoch in ``metrics.jsonl``; everything else
+is measured here by :func:`privfer.eval.evaluate.evaluate` on the fixed validation and test splits.
+Dataset specs in model cards are resolved relative to the current directory, as at training time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.readers import read_dataset
+from ..data.spec import DatasetSpec, parse_spec
+from ..errors import PrivferError
+from ..models.io import LoadedModel, load_model
+from .evaluate import evaluate, write_outputs
+
+#: Classes whose recall the tables single out: the rare and hard ones.
+FOCUS_CLASSES = ("disgust", "fear", "contempt")
+NA = "n/a"
+
+
+@dataclass
+class RunSummary:
+    """One run: its card, per-epoch metrics, and evaluations (``None`` with a note when not possible)."""
+
+    ref: str
+    name: str
+    model: LoadedModel
+    metrics: list[dict] = field(default_factory=list)
+    val: dict | None = None
+    val_note: str = NA
+    test: dict | None = None
+    test_note: str = NA
+
+    @property
+    def card(self) -> dict:
+        return self.model.card
+
+
+# ---------------------------------------------------------------- loading and evaluating runs
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a ``metrics.jsonl`` file ([] when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PrivferError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise PrivferError(f"{path}:{i}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _entries(value) -> list[str]:
+    """Spec strings of a card's data entry: a spec string, a ``{"spec": ...}`` description
+    (what training writes), a list of those, or null."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for v in values:
+        if isinstance(v, dict):
+            v = v.get("spec")
+        if v:
+            out.append(str(v))
+    return out
+
+
+def _spec_text(value) -> str | None:
+    """A card's data entry as one display string (None when empty)."""
+    return " + ".join(_entries(value)) or None
+
+
+def _first_spec(value) -> DatasetSpec | None:
+    """The first parseable dataset spec in a card's data entry, or None."""
+    for v in _entries(value):
+        try:
+            return parse_spec(v)
+        except PrivferError:
+            continue
+    return None
+
+
+def train_spec(card: dict) -> DatasetSpec | None:
+    """The dataset the run was trained on: ``train_data``, else ``private_data``, else ``public_data``."""
+    for key in ("train_data", "private_data", "public_data"):
+        spec = _first_spec(card.get(key))
+        if spec is not None:
+            return spec
+    return None
+
+
+def dataset_key(card: dict) -> str:
+    """The group a run belongs to in the report: its training dataset (kind and path, no split)."""
+    spec = train_spec(card)
+    if spec is not None:
+        return f"{spec.kind}:{spec.path}"
+    texts = (_spec_text(card.get(k)) for k in ("train_data", "private_data", "public_data"))
+    return next((t for t in texts if t), "unknown training data")
+
+
+def _try_evaluate(model: LoadedModel, spec: DatasetSpec | None, batch_size: int) -> tuple[dict | None, str]:
+    """Evaluate on ``spec``, or give (None, reason) where the data is absent or held back."""
+    if spec is None:
+        return None, f"{NA} (no dataset spec in the model card)"
+    try:
+        if not read_dataset(spec).samples:
+            return None, f"{NA} (held back)"
+        return evaluate(model, spec, batch_size=batch_size), ""
+    except PrivferError as e:
+        return None, f"{NA} ({e})"
+
+
+def summarise(ref: str | Path, *, test: bool = True, batch_size: int = 512) -> RunSummary:
+    """Load a run and evaluate it on its validation split (the card's ``val_data``, else the ``val``
+    split of its training dataset) and, with ``test``, on the ``test`` split of its training dataset."""
+    model = load_model(ref)
+    p = Path(ref)
+    run = RunSummary(str(ref), p.name if p.exists() else str(ref), model)
+    if p.is_dir():
+        run.metrics = read_metrics(p / "metrics.jsonl")
+    trained_on = train_spec(model.card)
+    val = _first_spec(model.card.get("val_data")) or (trained_on and trained_on.with_split("val"))
+    run.val, run.val_note = _try_evaluate(model, val, batch_size)
+    if test:
+        run.test, run.test_note = _try_evaluate(model, trained_on and trained_on.with_split("test"), batch_size)
+    return run
+
+
+# ---------------------------------------------------------------- formatting
+
+def _pct(x) -> str:
+    return NA if x is None else f"{100 * float(x):.1f}%"
+
+
+def _num(x, fmt: str = ".4f") -> str:
+    return NA if x is None else format(float(x), fmt)
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return NA
+    s = int(round(float(seconds)))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def _epsilon(card: dict):
+    eps = card.get("epsilon_spent")
+    return card.get("epsilon_target") if eps is None else eps
+
+
+def privacy_statement(card: dict) -> str:
+    """What the model's differential-privacy guarantee covers, in one sentence."""
+    private, public = _spec_text(card.get("private_data")), _spec_text(card.get("public_data"))
+    eps, delta = _epsilon(card), card.get("delta")
+    if private and eps is not None and math.isfinite(float(eps)):
+        text = f"(ε={float(eps):.2f}, δ={_num(delta, 'g')}) covers {private}"
+    elif private:
+        text = f"private data {private}, but the card records no finite ε: no guarantee"
+    else:
+        text = "no differential-privacy guarantee (no DP-SGD stage)"
+    if public:
+        text += f"; no guarantee for public data {public} (trained on without DP)"
+    return text
+
+
+def _recall(result: dict | None, cls: str) -> str:
+    if result is None or cls not in result["per_class"]:
+        return NA
+    return _num(result["per_class"][cls]["recall"], ".3f")
+
+
+def weakest_classes(result: dict, k: int = 2) -> list[tuple[str, float]]:
+    """The ``k`` classes with the lowest recall among those with support (ties: class order)."""
+    pcs = [(c, v["recall"]) for c, v in result["per_class"].items() if v["support"] > 0]
+    return sorted(pcs, key=lambda cv: cv[1])[:k]
+
+
+def _command(run: RunSummary) -> str:
+    if run.card.get("command"):
+        return f"`{run.card['command']}`"
+    cfg = Path(run.ref) / "config.json"
+    return f"`privfer train --config {cfg}`" if cfg.is_file() else NA
+
+
+def _results_markdown(runs: list[RunSummary]) -> str:
+    header = ["model", "validation accuracy", "macro-F1", "negative AUROC",
+              *[f"{c} recall" for c in FOCUS_CLASSES], "ε", "δ", "training time", "command"]
+    rows = []
+    for r in runs:
+        v, card = r.val, r.card
+        dp = bool(_spec_text(card.get("private_data"))) and _epsilon(card) is not None
+        rows.append([
+            r.name,
+            _pct(v["accuracy"]) if v else r.val_note,
+            _num(v["macro_f1"], ".3f") if v else NA,
+            _num(v["negative"]["auroc"], ".3f") if v else NA,
+            *[_recall(v, c) for c in FOCUS_CLASSES],
+            _num(_epsilon(card), ".2f") if dp else "none (no DP)",
+            _num(card.get("delta"), "g") if dp else NA,
+            _duration(card.get("training_time_s")),
+            _command(r),
+        ])
+    return _table(header, rows)
+
+
+def results_table(refs: list[str | Path], batch_size: int = 512) -> str:
+    """Markdown table for the README: validation accuracy, macro-F1, negative AUROC, disgust/fear/contempt
+    recall, ε, δ, training time and command, one row per run directory or shipped model name."""
+    if not refs:
+        raise PrivferError("no runs given")
+    return _results_markdown([summarise(r, test=False, batch_size=batch_size) for r in refs])
+
+
+# ---------------------------------------------------------------- figures
+
+def _figure(ncols: int, width: float = 4.2, height: float = 3.2):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> Path:
+    """Loss, accuracy and ε against epoch (epochs of all stages in order; a dotted line at each stage change)."""
+    fig, (ax_loss, ax_acc, ax_eps) = _figure(3)
+    x = np.arange(1, len(rows) + 1)
+
+    def series(key):
+        return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows])
+
+    for ax, key, label in ((ax_loss, "loss", "cross-entropy per example"), (ax_acc, "acc", "accuracy")):
+        ax.plot(x, series(f"train_{key}"), "o-", ms=3, label="train")
+        ax.plot(x, series(f"val_{key}"), "s-", ms=3, label="validation")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    eps = series("epsilon")
+    if np.isfinite(eps).any():
+        ax_eps.plot(x, eps, "o-", ms=3, color="tab:red")
+    else:
+        ax_eps.text(0.5, 0.5, "no DP stage", ha="center", va="center", transform=ax_eps.transAxes)
+    ax_eps.set_ylabel("ε spent")
+    stages = [r.get("stage") for r in rows]
+    for ax in (ax_loss, ax_acc, ax_eps):
+        ax.set_xlabel("epoch (all stages)")
+        for i in range(1, len(stages)):
+            if stages[i] != stages[i - 1]:
+                ax.axvline(i + 0.5, ls=":", color="grey")
+                ax.text(i + 0.6, 0.97, str(stages[i]), transform=ax.get_xaxis_transform(), fontsize=7,
+                        va="top", color="grey")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_recall(runs: list[RunSummary], path: Path, title: str = "") -> Path:
+    """Grouped bars: per-class validation recall of each run."""
+    runs = [r for r in runs if r.val is not None]
+    classes = list(dict.fromkeys(c for r in runs for c in r.val["per_class"]))
+    fig, (ax,) = _figure(1, width=max(5.0, 0.9 * len(classes) + 2), height=3.4)
+    w = 0.8 / max(len(runs), 1)
+    for i, r in enumerate(runs):
+        pc = r.val["per_class"]
+        ax.bar(np.arange(len(classes)) + (i - (len(runs) - 1) / 2) * w,
+               [pc[c]["recall"] if c in pc else 0.0 for c in classes], w, label=r.name)
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("validation recall")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# ---------------------------------------------------------------- the report
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+def _final(rows: list[dict], key: str):
+    for r in reversed(rows):
+        if r.get(key) is not None:
+            return r[key]
+    return None
+
+
+def make_report(run_dirs: list[str | Path], out_dir: str | Path, batch_size: int = 512) -> Path:
+    """Write ``report.md`` with tables and PNG figures for ``run_dirs`` into ``out_dir``; returns its path.
+
+    Runs are grouped by training dataset. Per dataset: the seed paper's table (train/validation
+    accuracy and loss at the final epoch, test loss and accuracy where the test split is available),
+    a validation evaluation table, the privacy guarantee of each model, per-class recall with the
+    two weakest classes named, training curves and validation confusion matrices.
+    """
+    if not run_dirs:
+        raise PrivferError("no runs given")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [summarise(r, batch_size=batch_size) for r in run_dirs]
+    slugs = [f"{i + 1:02d}-{_slug(r.name)}" for i, r in enumerate(runs)]
+    for r, slug in zip(runs, slugs):
+        for split, result in (("val", r.val), ("test", r.test)):
+            if result is not None:
+                write_outputs(result, out / slug / split)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(dataset_key(r.card), []).append(i)
+
+    md = ["# privfer report", "",
+          "Losses are mean cross-entropy per example (natural log). Train and validation accuracy and loss "
+          "are the final epoch's values from `metrics.jsonl` (train values on augmented training batches); "
+          "all other numbers are measured on the fixed, un-augmented split with the model in eval mode. "
+          "Test loss uses temperature 1, like the training-time losses; the evaluation JSON files also "
+          "give the calibrated loss.", "",
+          "## Summary", "", _results_markdown(runs), ""]
+    for g, (key, idx) in enumerate(groups.items(), 1):
+        group = [runs[i] for i in idx]
+        md += [f"## Trained on {key}", "", "### Accuracy and loss", ""]
+        rows = []
+        for i in idx:
+            r = runs[i]
+            t = r.test
+            rows.append([r.name, _pct(_final(r.metrics, "train_acc")), _pct(_final(r.metrics, "val_acc")),
+                         _num(_final(r.metrics, "train_loss")), _num(_final(r.metrics, "val_loss")),
+                         _num(t["loss_uncalibrated"]) if t else r.test_note, _pct(t["accuracy"]) if t else r.test_note])
+        md += [_table(["run", "train accuracy", "validation accuracy", "train loss", "validation loss",
+                       "test loss", "test accuracy"], rows), ""]
+
+        md += ["### Validation evaluation", ""]
+        rows = []
+        for i in idx:
+            r, v = runs[i], runs[i].val
+            if v is None:
+                rows.append([r.name, r.val_note, *[NA] * (7 + len(FOCUS_CLASSES))])
+                continue
+            rows.append([r.name, v["data"], v["n"], _pct(v["accuracy"]), _num(v["loss"]), _num(v["macro_f1"], ".3f"),
+                         _pct(v["balanced_accuracy"]), _pct(v["majority_baseline"]),
+                         _num(v["negative"]["auroc"], ".3f"), *[_recall(v, c) for c in FOCUS_CLASSES]])
+        md += [_table(["run", "data", "n", "accuracy", "loss (calibrated)", "macro-F1", "balanced accuracy",
+                       "majority baseline", "negative AUROC", *[f"{c} recall" for c in FOCUS_CLASSES]], rows), ""]
+        dropped = [f"- {runs[i].name}: dropped {runs[i].val['dropped']} (classes the model lacks)"
+                   for i in idx if runs[i].val and any(runs[i].val["dropped"].values())]
+        md += dropped + ([""] if dropped else [])
+
+        md += ["### Privacy", ""]
+        md += [f"- {runs[i].name}: {privacy_statement(runs[i].card)}" for i in idx] + [""]
+
+        md += ["### Per-class recall (validation)", ""]
+        if any(r.val for r in group):
+            name = f"recall-{g:02d}.png"
+            plot_recall(group, out / name, title=key)
+            md += [f"![per-class recall]({name})", ""]
+        for i in idx:
+            v = runs[i].val
+            weak = ", ".join(f"{c} ({rec:.3f})" for c, rec in weakest_classes(v)) if v else runs[i].val_note
+            md.append(f"- {runs[i].name}: weakest {weak}")
+        md.append("")
+
+        md += ["### Training curves", ""]
+        for i in idx:
+            r = runs[i]
+            if not r.metrics:
+                md += [f"- {r.name}: no metrics.jsonl", ""]
+                continue
+            name = f"{slugs[i]}/curves.png"
+            (out / slugs[i]).mkdir(exist_ok=True)
+            plot_curves(r.metrics, out / name, title=r.name)
+            md += [f"![training curves of {r.name}]({name})", ""]
+
+        md += ["### Confusion matrices (validation)", ""]
+        md += [f"![confusion matrix of {runs[i].name}]({slugs[i]}/val/confusion.png)" for i in idx if runs[i].val]
+        md.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(md).rstrip() + "\n")
+    return path

@@ -1,0 +1,176 @@
+"""Save and safely load privfer models: safetensors weights plus a JSON model card, never pickles.
+
+A model reference is a run directory (``model.safetensors`` + ``model_card.json``), a ``.safetensors``
+file with its card beside it (``<stem>.json`` or ``model_card.json``), or the name of a model shipped
+in ``privfer/weights``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import PrivferError
+from ..taxonomy import negative_mask, validate_classes
+from .registry import build_model
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_SHIPPED = "ferplus-dp8"
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if p.with_suffix(".json").is_file())
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to ``path`` via a temporary file and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray,)):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a state dict as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def save_model(net: nn.Module, card: dict, out: Path, stem: str = "model") -> None:
+    """Save ``<out>/<stem>.safetensors`` and its card (``model_card.json`` for ``stem='model'``, else ``<stem>.json``)."""
+    out = Path(out)
+    save_weights(net.state_dict(), out / f"{stem}.safetensors")
+    write_json_atomic(out / ("model_card.json" if stem == "model" else f"{stem}.json"), card)
+
+
+def resolve(ref: str | Path | None) -> tuple[Path, Path]:
+    """(weights file, card file) for a model reference; PrivferError when it is not a privfer model."""
+    if ref is None or str(ref) == "":
+        ref = DEFAULT_SHIPPED
+    p = Path(ref)
+    if p.is_dir():
+        w, c = p / "model.safetensors", p / "model_card.json"
+    elif p.suffix == ".safetensors" and p.is_file():
+        w = p
+        c = p.with_suffix(".json") if p.with_suffix(".json").is_file() else p.parent / "model_card.json"
+    elif p.suffix == ".json" and p.is_file():
+        c, w = p, (p.parent / "model.safetensors" if p.name == "model_card.json" else p.with_suffix(".safetensors"))
+    elif (WEIGHTS_DIR / f"{ref}.safetensors").is_file():
+        w, c = WEIGHTS_DIR / f"{ref}.safetensors", WEIGHTS_DIR / f"{ref}.json"
+    else:
+        known = ", ".join(shipped_models()) or "none shipped"
+        raise PrivferError(f"{ref}: not a run directory, a .safetensors file or a shipped model ({known})")
+    if not w.is_file():
+        raise PrivferError(f"{ref}: no weights file {w.name}")
+    if not c.is_file():
+        raise PrivferError(f"{ref}: no model card beside the weights ({c.name})")
+    return w, c
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its card; the one place that turns face crops into probabilities."""
+
+    net: nn.Module
+    card: dict
+    name: str = ""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.card["classes"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.card.get("input_size", 48))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.card.get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("negative_threshold", 0.5))
+
+    def logits(self, pixels: np.ndarray, batch_size: int = 512, tta: bool = False) -> np.ndarray:
+        """Logits for uint8 faces [N, S, S] (or [N, 1, S, S]); ``tta`` averages with the mirrored face."""
+        from ..train.data import to_input
+
+        out = []
+        self.net.eval()
+        with torch.inference_mode():
+            for i in range(0, len(pixels), batch_size):
+                x = to_input(pixels[i:i + batch_size])
+                z = self.net(x)
+                if tta:
+                    z = (z + self.net(torch.flip(x, dims=[3]))) / 2
+                out.append(z.float().numpy())
+        n = len(self.classes)
+        return np.concatenate(out) if out else np.zeros((0, n), np.float32)
+
+    def probs(self, pixels: np.ndarray, batch_size: int = 512, tta: bool = False, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities, temperature-scaled with the card's temperature when ``calibrated``."""
+        return softmax(self.logits(pixels, batch_size, tta), self.temperature if calibrated else 1.0)
+
+    def negative_score(self, probs: np.ndarray) -> np.ndarray:
+        """Probability mass on the negative classes (anger, disgust, fear, sadness, contempt)."""
+        return probs[:, np.array(negative_mask(self.classes))].sum(axis=1)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / max(temperature, 1e-6)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def load_model(ref: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a model by reference (see module docstring) with safetensors; the net is in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    w, c = resolve(ref)
+    try:
+        card = json.loads(c.read_text())
+        classes = validate_classes(card["classes"])
+        net = build_model(card["model"], len(classes), **card.get("model_kwargs", {}))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PrivferError(f"{c}: not a privfer model card ({e.__class__.__name__}: {e})") from None
+    try:
+        state = load_file(str(w), device=device)
+        net.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise PrivferError(f"{w}: weights do not fit the model card ({msg})") from None
+    net.to(device).eval()
+    return LoadedModel(net, card, name=str(ref or DEFAULT_SHIPPED))

@@ -1,0 +1,30 @@
+"""Small DP-friendly building blocks shared by the models: conv + GroupNorm + ReLU, input scaling."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def groups_for(channels: int, max_groups: int = 8) -> int:
+    """Largest group count <= max_groups that divides ``channels`` (GroupNorm needs a divisor)."""
+    for g in range(min(max_groups, channels), 0, -1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def conv_gn(cin: int, cout: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    """3x3 conv (no bias) -> GroupNorm [-> ReLU]. GroupNorm, never BatchNorm: per-example gradients stay per-example."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.GroupNorm(groups_for(cout), cout),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=False))
+    return nn.Sequential(*layers)
+
+
+class Standardize(nn.Module):
+    """Map pixels in [0, 1] to roughly zero mean, unit variance (fixed constants; part of the exported graph)."""
+
+    def forward(self, x):
+        return (x - 0.5) * 4.0

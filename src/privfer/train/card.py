@@ -1,0 +1,75 @@
+"""The model card: what the model is, which data it saw, and which privacy guarantee covers which data."""
+from __future__ import annotations
+
+import platform
+import sys
+
+from .. import __version__
+from .privacy import PrivacyState
+
+
+def environment(seed: int) -> dict:
+    """Versions and settings needed to reproduce a run."""
+    import numpy
+    import opacus
+    import torch
+
+    return {"privfer": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "opacus": opacus.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
+            "threads": torch.get_num_threads(), "seed": seed}
+
+
+def _describe(fs) -> dict | None:
+    if fs is None:
+        return None
+    return {"spec": fs.spec, "n": len(fs), "data_hash": fs.data_hash(), "class_counts": fs.class_counts()}
+
+
+def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: str, elapsed: float, st: dict) -> dict:
+    """Build ``model_card.json`` (all keys documented in the README's "Model card" section)."""
+    eps = privacy.epsilon() if privacy is not None else None
+    if privacy is not None:
+        guarantee = (f"(epsilon={eps:.3f}, delta={privacy.delta:g})-DP with respect to each example of the private "
+                     f"data {data.private.spec} (target epsilon {privacy.epsilon_target})")
+    else:
+        guarantee = "none: no differential privacy was used"
+    public_note = None
+    if data.public is not None:
+        public_note = f"public data {data.public.spec} was trained on WITHOUT differential privacy: no guarantee covers it"
+    card = {
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs,
+        "classes": list(data.classes),
+        "input_size": cfg.input_size,
+        "epsilon_target": privacy.epsilon_target if privacy else None,
+        "epsilon_spent": eps,
+        "delta": privacy.delta if privacy else None,
+        "noise_multiplier": privacy.noise_multiplier if privacy else None,
+        "max_grad_norm": privacy.max_grad_norm if privacy else None,
+        "sample_rate": privacy.sample_rate if privacy else None,
+        "steps": privacy.steps if privacy else st["global_step"],
+        "aug_mult": cfg.aug_mult,
+        "accountant": privacy.accountant if privacy else None,
+        "accountant_history": privacy.history if privacy else None,
+        "world_size": 1,
+        "private_data": _describe(data.private),
+        "public_data": _describe(data.public),
+        "val_data": _describe(data.val),
+        "guarantee": guarantee,
+        "public_data_note": public_note,
+        "validation_use": (f"validation data ({data.val.spec}) was used, without privacy, only for checkpoint "
+                           f"selection and calibration; checkpoint: {selected}") if data.val is not None else
+                          "no validation data: last checkpoint kept, not calibrated",
+        "train_metrics_note": "train_loss/train_acc in metrics.jsonl are computed on the training data without noise: "
+                              "share them only as far as that data may be shared",
+        "temperature": calib["temperature"],
+        "negative_threshold": calib["negative_threshold"],
+        "negative_recall_target": cfg.negative_recall,
+        "calibrated_on": calib["calibrated_on"],
+        "selected": selected,
+        "seed": cfg.seed,
+        "training_time_s": round(elapsed, 1),
+        "config": cfg.to_dict(),
+        "environment": environment(cfg.seed),
+    }
+    return card

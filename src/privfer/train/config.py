@@ -1,0 +1,113 @@
+"""Training configuration: one dataclass, loaded from YAML/JSON and overridden by command-line flags."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import PrivferError
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. ``private`` data is only ever trained on with DP-SGD;
+    ``public`` data only without DP. The README's "Training" section explains each group."""
+
+    # data
+    public: str | None = None           # KIND:PATH[@SPLIT], trained on without DP (stage 1)
+    private: str | None = None          # KIND:PATH[@SPLIT], trained on only with DP-SGD (stage 2)
+    public_split: float | None = None   # carve this fraction of `private` out as public, by content hash
+    val: str | None = None              # validation spec; default: the `val` split of the training dataset
+    limit: int | None = None            # use only the first N training samples (quick runs, tests)
+    labels: str = "majority"            # majority | votes (soft targets where the dataset has votes)
+    input_size: int = 48
+    # model
+    model: str = "fusion"
+    model_kwargs: dict = field(default_factory=dict)
+    # private stage (DP-SGD)
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    epochs: int = 10
+    batch_size: int = 1024              # expected logical batch (Poisson sampling)
+    physical_batch_size: int = 256      # memory bound: logical batches are split into these (virtual steps)
+    max_grad_norm: float = 1.0
+    aug_mult: int = 1                   # augmentation multiplicity K (views averaged inside each per-example gradient)
+    optimizer: str = "sgd"              # sgd (momentum) | adamw
+    lr: float = 2.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    # public stage (non-private)
+    public_epochs: int = 10
+    public_batch_size: int = 128
+    public_optimizer: str = "adamw"
+    public_lr: float = 1e-3
+    public_weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    # both stages
+    augment: bool = True
+    warmup_frac: float = 0.05           # linear warm-up, then cosine decay to 0
+    ema_decay: float = 0.99
+    negative_recall: float | None = None  # threshold meets this recall on validation (else: max F1)
+    select: str = "best"                # best (validation accuracy of EMA weights) | last
+    seed: int = 0
+    threads: int | None = None
+    out: str = "runs/latest"
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise PrivferError(f"{p}: config file not found")
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as e:  # yaml and json raise many types
+            raise PrivferError(f"{p}: cannot parse config ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise PrivferError(f"{p}: config must be a mapping of settings")
+        return cls.from_dict(data, source=str(p), **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config", **overrides) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PrivferError(f"{source}: unknown config keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(**merged).validated()
+
+    def validated(self) -> "TrainConfig":
+        if not self.public and not self.private:
+            raise PrivferError("nothing to train on: give --public SPEC and/or --private SPEC")
+        if self.public_split is not None:
+            if not self.private or self.public:
+                raise PrivferError("--public-split makes the public set out of --private data; use it with --private alone")
+            if not 0 < self.public_split < 1:
+                raise PrivferError(f"--public-split must be in (0, 1), got {self.public_split}")
+        if self.aug_mult < 1:
+            raise PrivferError(f"--aug-mult must be >= 1, got {self.aug_mult}")
+        for name in ("epochs", "public_epochs", "batch_size", "public_batch_size", "physical_batch_size"):
+            if getattr(self, name) < 1:
+                raise PrivferError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in ("sgd", "adamw") or self.public_optimizer not in ("sgd", "adamw"):
+            raise PrivferError("optimizer must be sgd or adamw")
+        if self.labels not in ("majority", "votes"):
+            raise PrivferError(f"labels must be majority or votes, got {self.labels!r}")
+        if self.select not in ("best", "last"):
+            raise PrivferError(f"select must be best or last, got {self.select!r}")
+        if self.max_grad_norm <= 0:
+            raise PrivferError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        return self
+
+    @property
+    def stages(self) -> list[str]:
+        """Stages in order: 'public' (no DP) and/or 'private' (DP-SGD)."""
+        return (["public"] if self.public or self.public_split else []) + (["private"] if self.private else [])
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,73 @@
+"""One DP-SGD step with Opacus: Poisson batch -> physical chunks -> per-example gradients (mean over K
+augmented views) -> per-example clipping -> Gaussian noise -> optimizer step.
+
+Built directly on Opacus' ``GradSampleModule`` and ``DPOptimizer`` (the same pieces ``PrivacyEngine``
+wires up), so that sampling, virtual steps and augmentation multiplicity stay under our control.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from .objective import Objective
+
+
+class DPStepper:
+    """Wrap a model and optimizer for DP-SGD with clipping norm ``max_grad_norm`` and noise ``noise_multiplier``.
+
+    ``expected_batch_size`` is the Poisson batch's expectation (q * n): the noisy sum is divided by it,
+    not by the realised batch size, as the analysis requires.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, noise_multiplier: float,
+                 max_grad_norm: float, expected_batch_size: int, physical_batch_size: int = 256, aug_mult: int = 1):
+        self.gsm = GradSampleModule(net, batch_first=True, loss_reduction="mean")
+        self.opt = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                               expected_batch_size=expected_batch_size, loss_reduction="mean")
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.k = aug_mult
+        self.chunk = max(1, physical_batch_size // aug_mult)
+
+    def step(self, x: torch.Tensor, objective: Objective, idx: torch.Tensor,
+             views: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, int, int]:
+        """One logical step on the examples ``idx`` (a Poisson sample) of the uint8 faces ``x``.
+
+        ``views(batch)`` returns K augmented float views per example, ``[b*K, 1, S, S]`` (example-major).
+        Returns (summed loss over views, correct predictions over views, number of views).
+        """
+        self.opt.zero_grad(set_to_none=True)
+        if len(idx) == 0:
+            self._noise_only_step()
+            return 0.0, 0, 0
+        chunks = torch.split(idx, self.chunk)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i, rows in enumerate(chunks):
+            xs = views(x[rows])
+            out = self.gsm(xs)
+            loss = objective(out, rows, self.k)
+            loss.backward()
+            if self.k > 1:
+                for p in self.params:  # per-example gradient = mean over its K views, before clipping
+                    gs = p.grad_sample
+                    p.grad_sample = gs.view(len(rows), self.k, *gs.shape[1:]).mean(dim=1)
+            loss_sum += loss.item() * len(xs)
+            correct += objective.correct(out, rows, self.k)
+            seen += len(xs)
+            if i < len(chunks) - 1:  # virtual step: clip and accumulate, no noise yet
+                self.opt.signal_skip_step(do_skip=True)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+        self.opt.step()  # clip the last chunk, add noise once, scale by expected batch size, update
+        return loss_sum, correct, seen
+
+    def _noise_only_step(self) -> None:
+        """An empty Poisson batch still releases a noisy (all-noise) update, as the analysis assumes."""
+        std = self.opt.noise_multiplier * self.opt.max_grad_norm
+        for p in self.params:
+            p.grad = torch.normal(0.0, std, p.shape) / self.opt.expected_batch_size
+        self.opt.original_optimizer.step()
+

@@ -1,0 +1,334 @@
+"""The training loop: optional non-private stage on public data, then DP-SGD on private data.
+
+Read top to bottom: :func:`train` prepares data (content-hash split and overlap check), builds the
+model, runs each stage epoch by epoch (checkpointing after each), then selects, calibrates and saves
+the EMA weights with a model card.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.cache import FaceSet, load_faces
+from ..data.spec import parse_spec
+from ..errors import PrivferError
+from ..models.io import LoadedModel, save_weights, write_json_atomic
+from ..models.registry import build_model
+from .augment import Augment
+from .card import environment, model_card
+from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .config import TrainConfig
+from .data import check_disjoint, split_by_hash, to_input
+from .dp import DPStepper
+from .objective import Objective
+from .privacy import PrivacyState
+
+
+@dataclass
+class Data:
+    """The data of a run: public (trained without DP), private (only with DP), validation."""
+
+    public: FaceSet | None
+    private: FaceSet | None
+    val: FaceSet | None
+    classes: tuple[str, ...]
+
+
+def prepare_data(cfg: TrainConfig, progress: bool = False) -> Data:
+    """Load the training sets, carve out or check the public set, and find the validation split."""
+    def load(spec: str) -> FaceSet:
+        return load_faces(parse_spec(spec), size=cfg.input_size, labels=cfg.labels, progress=progress)
+
+    private = load(cfg.private) if cfg.private else None
+    public = load(cfg.public) if cfg.public else None
+    if cfg.public_split:
+        public, private = split_by_hash(private, cfg.public_split)
+        public.spec = f"{private.spec} (content-hash fraction {cfg.public_split})"
+        private.spec = f"{private.spec} (content-hash fraction 1-{cfg.public_split})"
+    if cfg.limit:  # the first N of a fixed shuffle (files are sorted by class, so plain first-N is one class)
+        public = _first(public, cfg.limit)
+        private = _first(private, cfg.limit)
+    if public is not None and private is not None:
+        if public.classes != private.classes:
+            raise PrivferError(f"public classes {public.classes} differ from private classes {private.classes}")
+        check_disjoint(public, private)
+    main = private if private is not None else public
+    val = None
+    if cfg.val:
+        val = load(cfg.val)
+    else:
+        spec = parse_spec(cfg.private or cfg.public)
+        try:
+            val = load(str(spec.with_split("val")))
+        except PrivferError:
+            val = None  # the dataset has no validation split
+    if val is not None and val.classes != main.classes:
+        raise PrivferError(f"validation classes {val.classes} differ from training classes {main.classes}")
+    return Data(public, private, val, main.classes)
+
+
+def _first(fs: FaceSet | None, n: int) -> FaceSet | None:
+    if fs is None:
+        return None
+    order = np.random.default_rng(0).permutation(len(fs))[:n]
+    return fs.subset(np.sort(order))
+
+
+def lr_at(step: int, total: int, base: float, warmup_frac: float) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    warm = max(1, int(total * warmup_frac))
+    if step < warm:
+        return base * (step + 1) / warm
+    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class EMA:
+    """Exponential moving average of the weights (with the usual warm-up); what is evaluated and saved."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for e, p in zip(self.net.parameters(), net.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+
+
+def val_metrics(net: nn.Module, val: FaceSet | None, classes) -> dict:
+    """Loss and accuracy of ``net`` on the fixed, un-augmented validation set."""
+    if val is None:
+        return {"val_loss": None, "val_acc": None}
+    logits = torch.from_numpy(LoadedModel(net, {"classes": list(classes)}).logits(val.pixels))
+    y = torch.from_numpy(val.labels)
+    return {"val_loss": float(nn.functional.cross_entropy(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
+
+
+def _tqdm(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> Path:
+    """Run (or resume) a training run into ``cfg.out``; returns the run directory."""
+    out = Path(cfg.out)
+    ckdir = out / "checkpoint"
+    if not resume and out.exists() and any(out.iterdir()):
+        raise PrivferError(f"{out}: run directory exists and is not empty (use --resume {out} or another --out)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    t_start = time.time()
+
+    data = prepare_data(cfg, progress=progress)
+    net = build_model(cfg.model, len(data.classes), **cfg.model_kwargs)
+    ema = EMA(net, cfg.ema_decay)
+    aug = Augment() if cfg.augment else Augment.off()
+
+    privacy = None
+    if data.private is not None:
+        privacy = PrivacyState.plan(cfg.epsilon, cfg.delta, len(data.private), cfg.batch_size, cfg.epochs,
+                                    cfg.max_grad_norm)
+
+    st = {"stage": cfg.stages[0], "stage_index": 0, "epoch": 0, "global_step": 0, "stage_step": 0,
+          "best_val_acc": -1.0, "metrics_lines": 0, "elapsed_s": 0.0}
+    ckpt = None
+    if resume:
+        saved, tensors = load_checkpoint(ckdir)
+        st = {k: saved[k] for k in st}
+        if saved.get("privacy"):
+            privacy = PrivacyState.from_dict(saved["privacy"])
+            if cfg.private:
+                planned = max(1, round(cfg.epochs / privacy.sample_rate))
+                if planned != privacy.planned_steps:
+                    privacy.extend_to(planned)
+        ema.updates = saved.get("ema_updates", 0)
+        ckpt = (saved, tensors)
+        t_start = time.time() - st["elapsed_s"]
+        _truncate_lines(out / "metrics.jsonl", st["metrics_lines"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", cfg.to_dict())
+    write_json_atomic(out / "environment.json", environment(cfg.seed))
+    log(f"privfer train: {len(data.classes)} classes; public={len(data.public) if data.public is not None else 0} "
+        f"private={len(data.private) if data.private is not None else 0} val={len(data.val) if data.val is not None else 0}")
+    if privacy is not None:
+        log(f"DP-SGD: target (eps={privacy.epsilon_target}, delta={privacy.delta}), noise {privacy.noise_multiplier:.4f}, "
+            f"q={privacy.sample_rate:.5f}, {privacy.planned_steps} steps, C={privacy.max_grad_norm}, K={cfg.aug_mult}")
+
+    for si in range(st["stage_index"], len(cfg.stages)):
+        stage = cfg.stages[si]
+        if si != st["stage_index"]:
+            st.update(stage=stage, stage_index=si, epoch=0, stage_step=0, best_val_acc=-1.0)
+            ckpt = None
+            ema.updates = 0
+        if stage == "public":
+            _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_start)
+        else:
+            _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress, log, t_start)
+        ckpt = None
+
+    return _finish(cfg, data, net, ema, privacy, st, out, time.time() - t_start, log)
+
+
+def _truncate_lines(path: Path, n: int) -> None:
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)[:n]
+        path.write_text("".join(lines))
+
+
+def _end_epoch(cfg, data, net, ema, opt, rng, st, out, stage, train_loss, train_acc, privacy, lr, log, t_start):
+    """Validate the EMA weights, log metrics, keep the best weights, and checkpoint."""
+    st["epoch"] += 1
+    st["elapsed_s"] = round(time.time() - t_start, 1)
+    m = {"stage": stage, "epoch": st["epoch"], "step": st["global_step"], "train_loss": train_loss,
+         "train_acc": train_acc, **val_metrics(ema.net, data.val, data.classes),
+         "epsilon": privacy.epsilon() if (privacy is not None and stage == "private") else None,
+         "lr": lr, "time_s": st["elapsed_s"]}
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(m) + "\n")
+    st["metrics_lines"] += 1
+    if m["val_acc"] is not None and m["val_acc"] > st["best_val_acc"]:
+        st["best_val_acc"] = m["val_acc"]
+        save_weights(ema.net.state_dict(), out / "best.safetensors")
+    eps = "" if m["epsilon"] is None else f" eps={m['epsilon']:.3f}"
+    va = "" if m["val_acc"] is None else f" val_loss={m['val_loss']:.4f} val_acc={m['val_acc']:.4f}"
+    log(f"[{stage}] epoch {st['epoch']}: train_loss={train_loss:.4f} train_acc={train_acc:.4f}{va}{eps} ({m['time_s']}s)")
+    save_checkpoint(out / "checkpoint", net, ema.net, opt, {
+        **st, "privacy": privacy.to_dict() if privacy is not None else None, "ema_updates": ema.updates,
+    }, rng)
+
+
+def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_start):
+    fs = data.public
+    n = len(fs)
+    x = torch.from_numpy(fs.pixels)
+    obj = Objective(torch.from_numpy(fs.labels),
+                    torch.from_numpy(fs.votes) if fs.votes is not None else None, cfg.label_smoothing)
+    opt = make_optimizer(cfg.public_optimizer, net.parameters(), cfg.public_lr, cfg.momentum, cfg.public_weight_decay)
+    if ckpt is not None:
+        restore(ckpt[1], ckpt[0], net, ema.net, opt, rng)
+    spe = math.ceil(n / cfg.public_batch_size)
+    total = spe * cfg.public_epochs
+    net.train()
+    while st["epoch"] < cfg.public_epochs:
+        perm = torch.from_numpy(rng.permutation(n))
+        loss_sum = correct = seen = 0
+        bar = _tqdm(spe, f"public {st['epoch'] + 1}/{cfg.public_epochs}", progress)
+        for b in range(spe):
+            rows = perm[b * cfg.public_batch_size:(b + 1) * cfg.public_batch_size]
+            lr = lr_at(st["stage_step"], total, cfg.public_lr, cfg.warmup_frac)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            logits = net(aug(to_input(x[rows])))
+            loss = obj(logits, rows)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update(net)
+            st["stage_step"] += 1
+            st["global_step"] += 1
+            loss_sum += loss.item() * len(rows)
+            correct += obj.correct(logits, rows)
+            seen += len(rows)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        _end_epoch(cfg, data, net, ema, opt, rng, st, out, "public", loss_sum / seen, correct / seen, None, lr, log, t_start)
+
+
+def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress, log, t_start):
+    fs = data.private
+    n = len(fs)
+    x = torch.from_numpy(fs.pixels)
+    obj = Objective(torch.from_numpy(fs.labels),
+                    torch.from_numpy(fs.votes) if fs.votes is not None else None, 0.0)
+    base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    k = cfg.aug_mult
+    stepper = DPStepper(net, base, privacy.noise_multiplier, privacy.max_grad_norm,
+                        expected_batch_size=max(1, round(privacy.sample_rate * n)),
+                        physical_batch_size=cfg.physical_batch_size, aug_mult=k)
+    if ckpt is not None:
+        restore(ckpt[1], ckpt[0], net, ema.net, base, rng)
+
+    def views(batch: torch.Tensor) -> torch.Tensor:
+        return aug(to_input(batch).repeat_interleave(k, dim=0))
+
+    spe = max(1, round(1 / privacy.sample_rate))
+    epochs = math.ceil(privacy.planned_steps / spe)
+    net.train()
+    while privacy.steps < privacy.planned_steps:
+        loss_sum = correct = seen = 0
+        steps_now = min(spe, privacy.planned_steps - privacy.steps)
+        bar = _tqdm(steps_now, f"private {st['epoch'] + 1}/{epochs}", progress)
+        for _ in range(steps_now):
+            lr = lr_at(privacy.steps, privacy.planned_steps, cfg.lr, cfg.warmup_frac)
+            for g in base.param_groups:
+                g["lr"] = lr
+            idx = torch.from_numpy(np.flatnonzero(rng.random(n) < privacy.sample_rate))
+            ls, c, s = stepper.step(x, obj, idx, views)
+            privacy.record_step()
+            ema.update(net)
+            st["stage_step"] += 1
+            st["global_step"] += 1
+            loss_sum += ls
+            correct += c
+            seen += s
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
+        bar.close()
+        _end_epoch(cfg, data, net, ema, base, rng, st, out, "private", loss_sum / max(seen, 1), correct / max(seen, 1),
+                   privacy, lr, log, t_start)
+    stepper.gsm._close()
+
+
+def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
+    """Select weights (validation only), calibrate temperature and threshold on validation, write the card."""
+    from safetensors.torch import load_file
+
+    final = ema.net
+    selected = "last epoch"
+    if cfg.select == "best" and (out / "best.safetensors").is_file():
+        final = copy.deepcopy(ema.net)
+        final.load_state_dict(load_file(str(out / "best.safetensors")))
+        selected = f"best validation accuracy ({st['best_val_acc']:.4f}) on {data.val.spec}"
+    calib = {"temperature": 1.0, "negative_threshold": 0.5, "calibrated_on": None}
+    if data.val is not None:
+        from ..eval.calibrate import fit_temperature, fit_threshold
+        from ..taxonomy import negative_mask
+
+        lm = LoadedModel(final, {"classes": list(data.classes)})
+        logits = lm.logits(data.val.pixels)
+        t = fit_temperature(logits, data.val.labels)
+        lm.card["temperature"] = t
+        neg = lm.negative_score(lm.probs(data.val.pixels))
+        is_neg = np.array(negative_mask(data.classes))[data.val.labels]
+        calib = {"temperature": float(t), "negative_threshold": float(fit_threshold(neg, is_neg, cfg.negative_recall)),
+                 "calibrated_on": data.val.spec}
+    card = model_card(cfg, data, privacy, calib, selected, elapsed, st)
+    save_weights(final.state_dict(), out / "model.safetensors")
+    write_json_atomic(out / "model_card.json", card)
+    eps = "" if privacy is None else f", epsilon spent {card['epsilon_spent']:.3f} (target {privacy.epsilon_target})"
+    log(f"saved {out}/model.safetensors ({selected}){eps}")
+    return out

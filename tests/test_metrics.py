@@ -1,0 +1,155 @@
+"""Metric functions and calibration: hand-computed values, scikit-learn agreement, edge cases."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from privfer.errors import PrivferError
+from privfer.eval import metrics as M
+from privfer.eval.calibrate import fit_temperature, fit_threshold
+
+# class 2 has no support and is never predicted; class 3 has support but is never predicted
+Y_TRUE = np.array([0, 0, 1, 1, 1, 3])
+Y_PRED = np.array([0, 1, 1, 1, 0, 1])
+
+# binary example with tied scores
+IS_POS = np.array([1, 0, 1, 0, 1], bool)
+SCORES = np.array([0.9, 0.9, 0.7, 0.3, 0.2])
+
+
+@pytest.fixture(autouse=True)
+def _warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def test_confusion_and_class_metrics_by_hand():
+    cm = M.confusion_matrix(Y_TRUE, Y_PRED, 4)
+    assert cm.tolist() == [[1, 1, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]]
+    pc = M.per_class(cm)
+    assert pc["support"].tolist() == [2, 3, 0, 1]
+    np.testing.assert_allclose(pc["precision"], [0.5, 0.5, 0.0, 0.0])
+    np.testing.assert_allclose(pc["recall"], [0.5, 2 / 3, 0.0, 0.0])
+    np.testing.assert_allclose(pc["f1"], [0.5, 4 / 7, 0.0, 0.0])
+    assert M.accuracy(cm) == 0.5
+    assert M.macro_f1(cm) == pytest.approx(5 / 14)          # over classes 0, 1, 3 (with support)
+    assert M.balanced_accuracy(cm) == pytest.approx(7 / 18)
+    assert M.majority_baseline(cm) == 0.5
+    np.testing.assert_allclose(M.normalize_rows(cm)[1], [1 / 3, 2 / 3, 0, 0])
+    assert M.normalize_rows(cm)[2].tolist() == [0, 0, 0, 0]
+
+
+def test_empty_and_bad_input():
+    cm = M.confusion_matrix([], [], 3)
+    assert cm.sum() == 0
+    assert (M.accuracy(cm), M.macro_f1(cm), M.balanced_accuracy(cm), M.majority_baseline(cm)) == (0.0,) * 4
+    with pytest.raises(ValueError):
+        M.confusion_matrix([0, 3], [0, 1], 3)
+
+
+def test_cross_entropy_by_hand():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.0, 1.0, 0.0]])
+    expected = (-math.log(0.7) - math.log(0.8) - math.log(1e-12)) / 3
+    assert M.cross_entropy(probs, [0, 2, 0]) == pytest.approx(expected)
+    assert M.cross_entropy(np.zeros((0, 3)), []) == 0.0
+
+
+def test_binary_metrics_by_hand():
+    # pairs (pos, neg): 0.9 vs 0.9 tie = 1/2, 0.9 > 0.3, 0.7 > 0.3, others lose: 2.5 / 6
+    assert M.auroc(IS_POS, SCORES) == pytest.approx(5 / 12)
+    # (R, P) at 0.9, 0.7, 0.3, 0.2: (1/3, 1/2), (2/3, 2/3), (2/3, 1/2), (1, 3/5)
+    assert M.average_precision(IS_POS, SCORES) == pytest.approx(53 / 90)
+    at = M.binary_at_threshold(IS_POS, SCORES, 0.7)  # score == threshold counts as positive
+    assert at == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+    assert M.binary_at_threshold(IS_POS, SCORES, 2.0) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_binary_metrics_undefined_with_one_class():
+    assert M.auroc([1, 1], [0.2, 0.4]) is None
+    assert M.auroc([0, 0], [0.2, 0.4]) is None
+    assert M.average_precision([0, 0], [0.2, 0.4]) is None
+    assert M.average_precision([1, 1], [0.2, 0.4]) == 1.0
+
+
+def test_agrees_with_sklearn():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    n = 5
+    y_true = rng.choice([0, 1, 3, 4], 300, p=[0.5, 0.3, 0.15, 0.05])  # class 2 absent from y_true
+    y_pred = np.where(rng.random(300) < 0.5, y_true, rng.integers(0, n, 300))
+    cm = M.confusion_matrix(y_true, y_pred, n)
+    np.testing.assert_array_equal(cm, sk.confusion_matrix(y_true, y_pred, labels=range(n)))
+    p, r, f, s = sk.precision_recall_fscore_support(y_true, y_pred, labels=range(n), zero_division=0)
+    pc = M.per_class(cm)
+    np.testing.assert_allclose(pc["precision"], p)
+    np.testing.assert_allclose(pc["recall"], r)
+    np.testing.assert_allclose(pc["f1"], f)
+    np.testing.assert_array_equal(pc["support"], s)
+    present = np.unique(y_true)
+    assert M.macro_f1(cm) == pytest.approx(sk.f1_score(y_true, y_pred, average="macro", labels=present, zero_division=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about the predicted-only class; we do not
+        assert M.balanced_accuracy(cm) == pytest.approx(sk.balanced_accuracy_score(y_true, y_pred))
+    assert M.accuracy(cm) == pytest.approx(sk.accuracy_score(y_true, y_pred))
+
+    is_pos = rng.random(400) < 0.3
+    scores = np.round(np.where(is_pos, 0.3, 0.0) + rng.random(400), 1)  # many ties
+    assert M.auroc(is_pos, scores) == pytest.approx(sk.roc_auc_score(is_pos, scores))
+    assert M.average_precision(is_pos, scores) == pytest.approx(sk.average_precision_score(is_pos, scores))
+    assert M.auroc(IS_POS, SCORES) == pytest.approx(sk.roc_auc_score(IS_POS, SCORES))
+    assert M.average_precision(IS_POS, SCORES) == pytest.approx(sk.average_precision_score(IS_POS, SCORES))
+
+
+def test_fit_temperature_recovers_known_temperature():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2.0, (20000, 5))
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    labels = (rng.random((len(z), 1)) > p.cumsum(1)).sum(1)  # sample each label from softmax(z)
+    for true_t in (0.5, 2.5):
+        t = fit_temperature(z * true_t, labels)
+        assert t == pytest.approx(true_t, rel=0.05)
+        assert fit_temperature(z * true_t, labels) == t  # deterministic
+
+
+def test_fit_temperature_bounds_and_errors():
+    z = np.array([[10.0, 0.0], [0.0, 10.0]])
+    assert fit_temperature(z, [0, 1]) == pytest.approx(0.05, rel=1e-3)   # perfect and confident: lower bound
+    assert fit_temperature(z, [1, 0]) == pytest.approx(20.0, rel=1e-3)   # always wrong: upper bound
+    with pytest.raises(PrivferError):
+        fit_temperature(np.zeros((0, 3)), [])
+    with pytest.raises(PrivferError):
+        fit_temperature(z, [0, 2])
+
+
+NEG_SCORES = np.array([0.95, 0.9, 0.8, 0.6, 0.55, 0.4, 0.3, 0.1])
+IS_NEG = np.array([1, 1, 0, 1, 0, 1, 0, 0], bool)
+
+
+def test_fit_threshold_max_f1():
+    # F1 at each score, high to low: 2/5, 4/6, 4/7, 6/8, 6/9, 8/10, 8/11, 8/12 -> best at 0.4
+    assert fit_threshold(NEG_SCORES, IS_NEG) == 0.4
+    best = max(M.binary_at_threshold(IS_NEG, NEG_SCORES, t)["f1"] for t in NEG_SCORES)
+    assert M.binary_at_threshold(IS_NEG, NEG_SCORES, 0.4)["f1"] == pytest.approx(best)
+
+
+@pytest.mark.parametrize("target, expected", [(0.5, 0.9), (0.75, 0.6), (0.7, 0.6), (1.0, 0.4)])
+def test_fit_threshold_recall_target(target, expected):
+    t = fit_threshold(NEG_SCORES, IS_NEG, recall_target=target)
+    assert t == expected
+    assert M.binary_at_threshold(IS_NEG, NEG_SCORES, t)["recall"] >= target
+    higher = NEG_SCORES[NEG_SCORES > t]
+    assert all(M.binary_at_threshold(IS_NEG, NEG_SCORES, h)["recall"] < target for h in higher)
+
+
+def test_fit_threshold_errors():
+    with pytest.raises(PrivferError):
+        fit_threshold([0.2, 0.3], [False, False])
+    with pytest.raises(PrivferError):
+        fit_threshold(NEG_SCORES, IS_NEG, recall_target=1.5)
+    with pytest.raises(PrivferError):
+        fit_threshold([], [])

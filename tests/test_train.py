@@ -1,0 +1,186 @@
+"""Training engine: DP accounting, resume, overlap refusal, clipping, augmentation multiplicity, models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.validators import ModuleValidator
+from safetensors.torch import load_file
+
+from privfer.cli import main
+from privfer.errors import PrivferError
+from privfer.models.registry import MODELS, build_model, count_flops
+from privfer.train.config import TrainConfig
+from privfer.train.dp import DPStepper
+from privfer.train.loop import train
+from privfer.train.objective import Objective
+from privfer.train.privacy import PrivacyState
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(model="cnn", model_kwargs={"widths": [8, 16]}, epochs=2, batch_size=32, physical_batch_size=64,
+                lr=0.5, seed=3, threads=1, out=str(tmp_path / name))
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def _card(run):
+    return json.loads((run / "model_card.json").read_text())
+
+
+def test_dp_run_reports_epsilon_within_target_and_opacus_noise(tiny_fer, tmp_path):
+    cfg = _cfg(tmp_path, "dp", private=f"fer2013:{tiny_fer}", epsilon=3.0, delta=1e-3)
+    run = train(cfg, progress=False, log=lambda *_: None)
+    card = _card(run)
+    n = card["private_data"]["n"]
+    assert n == 140
+    assert 0 < card["epsilon_spent"] <= 3.0
+    q = 32 / n
+    steps = round(2 / q)
+    assert card["steps"] == steps
+    assert card["noise_multiplier"] == pytest.approx(
+        get_noise_multiplier(target_epsilon=3.0, target_delta=1e-3, sample_rate=q, steps=steps, accountant="prv"))
+    assert card["accountant"] == "prv" and card["sample_rate"] == pytest.approx(q)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[-1])["epsilon"] == pytest.approx(card["epsilon_spent"])
+    for key in ("model", "classes", "input_size", "epsilon_target", "delta", "max_grad_norm", "aug_mult",
+                "private_data", "public_data", "world_size", "temperature", "negative_threshold"):
+        assert key in card
+
+
+def test_resume_equals_uninterrupted(tiny_fer, tmp_path):
+    full = train(_cfg(tmp_path, "full", private=f"fer2013:{tiny_fer}", delta=1e-3), progress=False, log=lambda *_: None)
+
+    def stop_after_first_epoch(msg):
+        if "epoch 1:" in msg:
+            raise KeyboardInterrupt
+
+    cfg = _cfg(tmp_path, "cut", private=f"fer2013:{tiny_fer}", delta=1e-3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, log=stop_after_first_epoch)
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    a, b = _card(full), _card(tmp_path / "cut")
+    assert a["epsilon_spent"] == b["epsilon_spent"] and a["steps"] == b["steps"]
+    wa, wb = load_file(str(full / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_beyond_budget_is_refused(tiny_fer, tmp_path):
+    run = train(_cfg(tmp_path, "r", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1), progress=False,
+                log=lambda *_: None)
+    before = (run / "model.safetensors").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "50", "--quiet"]) == 2
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+def test_overlap_between_public_and_private_is_refused(tiny_fer, tmp_path, capsys):
+    cfg = _cfg(tmp_path, "o", public=f"fer2013:{tiny_fer}", private=f"fer2013:{tiny_fer}", delta=1e-3)
+    with pytest.raises(PrivferError, match="140 images"):
+        train(cfg, progress=False, log=lambda *_: None)
+    rc = main(["train", "--public", f"fer2013:{tiny_fer}", "--private", f"fer2013:{tiny_fer}", "--delta", "1e-3",
+               "--out", str(tmp_path / "o2"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "both the public set" in err[0]
+    assert not (tmp_path / "o2" / "model.safetensors").exists()
+
+
+def test_public_split_is_disjoint_by_content_hash(tiny_fer, tmp_path):
+    run = train(_cfg(tmp_path, "ps", private=f"fer2013:{tiny_fer}", public_split=0.3, public_epochs=1, delta=1e-3,
+                     epochs=1), progress=False, log=lambda *_: None)
+    card = _card(run)
+    assert card["public_data"]["n"] + card["private_data"]["n"] == 140
+    assert 0 < card["public_data"]["n"] < 140
+    stages = [json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["public", "private"]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_each_clipped_example_gradient_is_at_most_C(k):
+    torch.manual_seed(0)
+    net = build_model("fusion", 7)
+    C = 0.05
+    stepper = DPStepper(net, torch.optim.SGD(net.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=C,
+                        expected_batch_size=1, aug_mult=k)
+    x = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
+    obj = Objective(torch.tensor([0, 1, 2, 3]))
+    for i in range(4):  # one example per step: the released gradient is that example's clipped gradient
+        stepper.step(x, obj, torch.tensor([i]), lambda b: (b.float() / 255).unsqueeze(1).repeat_interleave(k, 0))
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in net.parameters()))
+        assert 0 < float(norm) <= C * (1 + 1e-4)
+
+
+def test_aug_mult_does_not_change_epsilon(tiny_fer, tmp_path):
+    a = _card(train(_cfg(tmp_path, "k1", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, aug_mult=1),
+                    progress=False, log=lambda *_: None))
+    b = _card(train(_cfg(tmp_path, "k4", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, aug_mult=4),
+                    progress=False, log=lambda *_: None))
+    assert a["epsilon_spent"] == b["epsilon_spent"] and a["noise_multiplier"] == b["noise_multiplier"]
+    assert b["aug_mult"] == 4
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_have_no_batchnorm_and_pass_opacus_validator(name):
+    for kw in ({}, {"attention": True}) if name != "resnet" else ({},):
+        m = build_model(name, 8, **kw)
+        assert not any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in m.modules())
+        assert ModuleValidator.validate(m, strict=False) == []
+
+
+def test_default_model_is_sized_for_a_cpu():
+    m = build_model("fusion", 8)
+    assert sum(p.numel() for p in m.parameters()) < 1_500_000
+    assert count_flops(m) <= 40e6
+
+
+def test_nonprivate_run_on_real_fer2013_reduces_loss(fer2013_root, tmp_path):
+    cfg = TrainConfig.from_dict(dict(public=f"fer2013:{fer2013_root}", limit=1024, public_epochs=4, public_batch_size=64,
+                                     public_lr=3e-3, augment=False, model="cnn", seed=0, threads=2,
+                                     val=f"fer2013:{fer2013_root}@val", out=str(tmp_path / "np")))
+    run = train(cfg, progress=False, log=lambda *_: None)
+    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 0.05
+    assert _card(run)["epsilon_spent"] is None and "none" in _card(run)["guarantee"]
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--epsilon", "0"], "epsilon must be > 0"),
+    (["--delta", "0.5"], "delta must be in"),
+    (["--batch-size", "100000"], "larger than"),
+])
+def test_bad_privacy_settings_exit_2(tiny_fer, tmp_path, capsys, flags, msg):
+    rc = main(["train", "--private", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "bad"), "--quiet", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and msg in err[0]
+
+
+def test_bad_resume_and_config_exit_2(tmp_path, capsys):
+    (tmp_path / "notarun").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "notarun")]) == 2
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text("private: fer2013:/x\nepsilonn: 3\n")
+    assert main(["train", "--config", str(cfgfile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not a privfer run" in err[0] and "unknown config keys epsilonn" in err[1]
+
+
+def test_existing_run_is_not_overwritten(tiny_fer, tmp_path):
+    run = train(_cfg(tmp_path, "x", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1), progress=False,
+                log=lambda *_: None)
+    before = (run / "model.safetensors").read_bytes()
+    with pytest.raises(PrivferError, match="exists"):
+        train(_cfg(tmp_path, "x", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1), progress=False)
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+def test_privacy_state_never_steps_past_plan():
+    ps = PrivacyState.plan(2.0, 1e-5, 10_000, 100, 1, 1.0)
+    ps.steps = ps.planned_steps
+    with pytest.raises(PrivferError, match="refusing step"):
+        ps.record_step()
+    assert np.isfinite(ps.noise_multiplier)

@@ -17,7 +17,7 @@ $(BIN)/privfer: pyproject.toml
 install: $(BIN)/privfer
 
 demo: install
-	$(BIN)/privfer predict astronaut --annotate demo-output/astronaut-anonymized.png --out demo-output/astronaut.jsonl --summary
+	$(BIN)/privfer predict sample:astronaut --annotate demo-output/astronaut-anonymized.png --out demo-output/astronaut.jsonl --summary
 
 test: install
 	$(BIN)/python -m pytest

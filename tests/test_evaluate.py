@@ -38,7 +38,10 @@ def _copy_fer(dst: Path, private_test: int = 0) -> Path:
     else:
         from conftest import write_fer_folder
 
-        write_fer_folder(dst, n_train=TRAIN_PER_CLASS, n_val=6)
+        write_fer_folder(dst, n_train=TRAIN_PER_CLASS, n_val=max(VAL_COUNTS.values()))
+        for c in FOLDERS:
+            for f in sorted((dst / "test" / c).iterdir())[VAL_COUNTS[c]:]:
+                f.unlink()
     for c in FOLDERS:
         for i, f in enumerate(sorted((dst / "test" / c).glob("PublicTest_*"))[:private_test]):
             shutil.copy(f, dst / "test" / c / f"PrivateTest_{i:05d}{f.suffix}")
@@ -225,7 +228,7 @@ def _train_tiny(root: Path, out: Path, private: bool, seed: int) -> Path:
         with torch.no_grad():
             zv = net(xv)
         rows.append({"stage": "private" if private and epoch > 1 else "public", "epoch": epoch, "step": epoch,
-                     "train_loss": float(loss), "train_acc": float((logits.argmax(1) == y).float().mean()),
+                     "train_loss": loss.item(), "train_acc": float((logits.argmax(1) == y).float().mean()),
                      "val_loss": float(torch.nn.functional.cross_entropy(zv, yv)),
                      "val_acc": float((zv.argmax(1) == yv).float().mean()),
                      "epsilon": 2.0 * (epoch - 1) if private and epoch > 1 else None, "lr": 1e-2, "time_s": epoch})
@@ -257,7 +260,7 @@ def test_report_renders(two_runs, tmp_path):
     assert "n/a (held back)" in md                                       # the public run's data has no test split
     dp_row = next(line for line in md.splitlines() if line.startswith("| dp-run |") and "%" in line)
     assert "held back" not in dp_row                                     # ... the DP run's has one
-    assert "(ε=3.99, δ=1e-05) covers fer2013:" in md
+    assert "(ε=3.99, δ=1e-05; target ε=4) covers fer2013:" in md
     assert "no differential-privacy guarantee" in md and "no guarantee for public data" in md
     assert "weakest" in md
     for name in ("01-public-run/curves.png", "02-dp-run/curves.png", "01-public-run/val/confusion.png",

@@ -39,7 +39,7 @@ def test_dp_run_reports_epsilon_within_target_and_opacus_noise(tiny_fer, tmp_pat
     assert n == 140
     assert 0 < card["epsilon_spent"] <= 3.0
     q = 32 / n
-    steps = round(2 / q)
+    steps = 2 * round(1 / q)
     assert card["steps"] == steps
     assert card["noise_multiplier"] == pytest.approx(
         get_noise_multiplier(target_epsilon=3.0, target_delta=1e-3, sample_rate=q, steps=steps, accountant="prv"))

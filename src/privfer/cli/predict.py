@@ -17,7 +17,10 @@ def add_parser(sub) -> None:
                    help="run directory, .safetensors file or shipped model name (default: the shipped default)")
     p.add_argument("--detector", default="centerface", metavar="centerface|haar|yunet:FILE|ssd:FILE",
                    help="face detector (default: centerface)")
-    p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th video frame (default 1)")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th video frame; an --annotate video holds only those (default 1)")
+    p.add_argument("--detect-every", type=int, default=1, metavar="K",
+                   help="videos: detect faces on every K-th analysed frame, follow them with optical flow in between "
+                        "(faster; boxes, and so the anonymised areas, may lag fast motion; default 1: detect every frame)")
     p.add_argument("--batch-size", type=int, default=64, help="most faces per forward pass (default 64)")
     p.add_argument("--max-faces", type=int, default=None, help="keep at most this many faces per frame")
     p.add_argument("--min-face-size", type=int, default=20, help="ignore faces smaller than this, in pixels (default 20)")
@@ -30,7 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--annotate", default=None, metavar="PATH",
                    help="also write annotated output: an image (for an image), a folder (for a folder) or a video")
     anon = p.add_mutually_exclusive_group()
-    anon.add_argument("--anonymize", choices=("blur", "pixelate"), default="blur",
+    anon.add_argument("--anonymize", choices=("blur", "pixelate"), default=None,
                       help="how faces are hidden in --annotate output (default blur)")
     anon.add_argument("--no-anonymize", action="store_true",
                       help="leave faces visible in --annotate output (must be asked for explicitly)")
@@ -46,23 +49,24 @@ def run(args: argparse.Namespace) -> int:
     from ..infer.outputs import AnnotationWriter, Summary, open_writer
     from ..infer.sources import open_source
 
-    for name in ("every", "batch_size"):
+    for name in ("every", "detect_every", "batch_size"):
         if getattr(args, name) < 1:
             raise PrivferError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.aggregate is not None and args.annotate is not None:
         raise PrivferError("--aggregate keeps only counts; --annotate would show per-face results: use one or the other")
-    analyzer = Analyzer(model=args.model, detector=args.detector, backend=args.backend, every=args.every,
-                        batch_size=args.batch_size, max_faces=args.max_faces, min_face_size=args.min_face_size,
-                        device=args.device)
-    source = open_source(args.source)
-    writer = open_writer(args.out, args.format, analyzer.classes, aggregate=args.aggregate, source=source.name)
+    anonymize = None if args.no_anonymize else (args.anonymize or "blur")
+    source = open_source(args.source)  # cheap checks first: a bad SOURCE fails before the model loads
     annotator = None
     summary = Summary()
     try:
+        if args.annotate is not None:
+            annotator = AnnotationWriter(args.annotate, source, anonymize, every=args.every)
+        analyzer = Analyzer(model=args.model, detector=args.detector, backend=args.backend, every=args.every,
+                            batch_size=args.batch_size, max_faces=args.max_faces, min_face_size=args.min_face_size,
+                            device=args.device, detect_every=args.detect_every)
+        writer = open_writer(args.out, args.format, analyzer.classes, aggregate=args.aggregate, source=source.name)
         with writer:
-            if args.annotate is not None:
-                annotator = AnnotationWriter(args.annotate, source, None if args.no_anonymize else args.anonymize,
-                                             every=args.every)
+            if annotator is not None:
                 with annotator:
                     for frame, result in analyzer.frames(source):
                         writer.write(result)
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.summary:
         outputs = [str(writer.path) if writer.path else "stdout"]
         if annotator is not None:
-            hidden = "faces visible" if args.no_anonymize else f"faces {'blurred' if args.anonymize == 'blur' else 'pixelated'}"
+            hidden = {None: "faces visible", "blur": "faces blurred", "pixelate": "faces pixelated"}[anonymize]
             outputs.append(f"{args.annotate} ({hidden})")
         print(summary.text("image" if source.is_still else "frame", outputs, skipped), file=sys.stderr)
     elif skipped:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.readers import read_dataset
-from ..data.spec import DatasetSpec, parse_spec
+from ..data.spec import parse_spec
 from ..errors import PrivferError
 from ..models.io import LoadedModel, load_model
 from .evaluate import evaluate, write_outputs
@@ -84,39 +84,37 @@ def _spec_text(value) -> str | None:
     return " + ".join(_entries(value)) or None
 
 
-def _first_spec(value) -> DatasetSpec | None:
-    """The first parseable dataset spec in a card's data entry, or None."""
-    for v in _entries(value):
-        try:
-            return parse_spec(v)
-        except PrivferError:
-            continue
-    return None
-
-
-def train_spec(card: dict) -> DatasetSpec | None:
-    """The dataset the run was trained on: ``train_data``, else ``private_data``, else ``public_data``."""
+def train_data_text(card: dict) -> str | None:
+    """The spec the run was trained on: ``train_data``, else ``private_data``, else ``public_data``
+    (the first entry where a card lists several)."""
     for key in ("train_data", "private_data", "public_data"):
-        spec = _first_spec(card.get(key))
-        if spec is not None:
-            return spec
+        entries = _entries(card.get(key))
+        if entries:
+            return entries[0]
     return None
 
 
 def dataset_key(card: dict) -> str:
     """The group a run belongs to in the report: its training dataset (kind and path, no split)."""
-    spec = train_spec(card)
-    if spec is not None:
-        return f"{spec.kind}:{spec.path}"
-    texts = (_spec_text(card.get(k)) for k in ("train_data", "private_data", "public_data"))
-    return next((t for t in texts if t), "unknown training data")
+    text = train_data_text(card)
+    if text is None:
+        return "unknown training data"
+    try:
+        spec = parse_spec(text)
+    except PrivferError:
+        return text.rsplit("@", 1)[0]
+    return f"{spec.kind}:{spec.path}"
 
 
-def _try_evaluate(model: LoadedModel, spec: DatasetSpec | None, batch_size: int) -> tuple[dict | None, str]:
-    """Evaluate on ``spec``, or give (None, reason) where the data is absent or held back."""
-    if spec is None:
+def _try_evaluate(model: LoadedModel, text: str | None, split: str | None,
+                  batch_size: int) -> tuple[dict | None, str]:
+    """Evaluate on spec ``text`` (at ``split`` when given), or give (None, reason) where the data is
+    absent here or the split is held back."""
+    if text is None:
         return None, f"{NA} (no dataset spec in the model card)"
     try:
+        spec = parse_spec(text)
+        spec = spec.with_split(split) if split else spec
         if not read_dataset(spec).samples:
             return None, f"{NA} (held back)"
         return evaluate(model, spec, batch_size=batch_size), ""
@@ -132,11 +130,11 @@ def summarise(ref: str | Path, *, test: bool = True, batch_size: int = 512) -> R
     run = RunSummary(str(ref), p.name if p.exists() else str(ref), model)
     if p.is_dir():
         run.metrics = read_metrics(p / "metrics.jsonl")
-    trained_on = train_spec(model.card)
-    val = _first_spec(model.card.get("val_data")) or (trained_on and trained_on.with_split("val"))
-    run.val, run.val_note = _try_evaluate(model, val, batch_size)
+    trained_on = train_data_text(model.card)
+    val = _entries(model.card.get("val_data"))
+    run.val, run.val_note = _try_evaluate(model, *((val[0], None) if val else (trained_on, "val")), batch_size)
     if test:
-        run.test, run.test_note = _try_evaluate(model, trained_on and trained_on.with_split("test"), batch_size)
+        run.test, run.test_note = _try_evaluate(model, trained_on, "test", batch_size)
     return run
 
 
@@ -168,8 +166,8 @@ def _duration(seconds) -> str:
 
 
 def _epsilon(card: dict):
-    eps = card.get("epsilon_spent")
-    return card.get("epsilon_target") if eps is None else eps
+    """The ε the accountant reports as spent (the target is only an upper bound asked for)."""
+    return card.get("epsilon_spent")
 
 
 def privacy_statement(card: dict) -> str:
@@ -177,13 +175,18 @@ def privacy_statement(card: dict) -> str:
     private, public = _spec_text(card.get("private_data")), _spec_text(card.get("public_data"))
     eps, delta = _epsilon(card), card.get("delta")
     if private and eps is not None and math.isfinite(float(eps)):
-        text = f"(ε={float(eps):.2f}, δ={_num(delta, 'g')}) covers {private}"
+        target = card.get("epsilon_target")
+        text = (f"(ε={float(eps):.2f}, δ={_num(delta, 'g')}" + (f"; target ε={float(target):g}" if target else "")
+                + f") covers {private}")
     elif private:
-        text = f"private data {private}, but the card records no finite ε: no guarantee"
+        text = f"private data {private}, but the card records no finite ε spent: no guarantee stated"
     else:
         text = "no differential-privacy guarantee (no DP-SGD stage)"
     if public:
         text += f"; no guarantee for public data {public} (trained on without DP)"
+    val = _spec_text(card.get("val_data"))
+    if val:
+        text += f"; validation data {val} is not covered"
     return text
 
 
@@ -265,13 +268,18 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     else:
         ax_eps.text(0.5, 0.5, "no DP stage", ha="center", va="center", transform=ax_eps.transAxes)
     ax_eps.set_ylabel("ε spent")
+    from matplotlib.ticker import MaxNLocator
+
     stages = [r.get("stage") for r in rows]
     for ax in (ax_loss, ax_acc, ax_eps):
         ax.set_xlabel("epoch (all stages)")
-        for i in range(1, len(stages)):
-            if stages[i] != stages[i - 1]:
-                ax.axvline(i + 0.5, ls=":", color="grey")
-                ax.text(i + 0.6, 0.97, str(stages[i]), transform=ax.get_xaxis_transform(), fontsize=7,
+        ax.set_xlim(0.5, len(rows) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for i, stage in enumerate(stages):
+            if i == 0 or stage != stages[i - 1]:
+                if i:
+                    ax.axvline(i + 0.5, ls=":", color="grey")
+                ax.text(i + 0.6, 0.97, str(stage), transform=ax.get_xaxis_transform(), fontsize=7,
                         va="top", color="grey")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -338,7 +346,7 @@ def make_report(run_dirs: list[str | Path], out_dir: str | Path, batch_size: int
 
     md = ["# privfer report", "",
           "Losses are mean cross-entropy per example (natural log). Train and validation accuracy and loss "
-          "are the final epoch's values from `metrics.jsonl` (train values on augmented training batches); "
+          "are the final epoch's values from `metrics.jsonl`, as logged during training; "
           "all other numbers are measured on the fixed, un-augmented split with the model in eval mode. "
           "Test loss uses temperature 1, like the training-time losses; the evaluation JSON files also "
           "give the calibrated loss.", "",

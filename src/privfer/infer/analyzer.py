@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+import cv2
 import numpy as np
 
 from ..data.image import read_image, to_gray, to_uint8
@@ -64,20 +65,26 @@ class Analyzer:
     ``model``: a model reference (run directory, ``.safetensors`` file, shipped name; None = the
     shipped default) or a :class:`~privfer.models.io.LoadedModel`. ``detector``: a spec for
     :func:`~privfer.faces.detect.make_detector` (``centerface``, ``haar``, ``yunet:FILE``,
-    ``ssd:FILE``) or a Detector. ``backend``: ``torch``, or ``onnxruntime`` (an in-memory ONNX export,
-    faster and steadier on a busy CPU). ``every``: analyse every N-th video frame. ``batch_size``:
-    the most faces per forward pass. ``margin``: crop margin around the detected box.
+    ``ssd:FILE``), built with ``min_face_size`` and ``max_faces``, or a Detector used as is.
+    ``backend``: ``onnxruntime`` (default: an in-memory ONNX export, far faster and steadier than
+    PyTorch at small batches on a busy CPU) or ``torch``. ``every``: analyse every N-th video frame.
+    ``batch_size``: the most faces per forward pass. ``margin``: crop margin around the detected box.
+    ``detect_every``: in videos and streams, run the detector on every N-th analysed frame only and
+    follow its faces in between with optical flow (see :class:`FaceTracker`); 1 (default) detects on
+    every frame.
     """
 
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, detector="centerface",
                  backend: str = "onnxruntime", every: int = 1, batch_size: int = 64, max_faces: int | None = None,
-                 min_face_size: int = 20, device: str = "cpu", margin: float = MARGIN) -> None:
+                 min_face_size: int = 20, device: str = "cpu", margin: float = MARGIN, detect_every: int = 1) -> None:
         if backend not in BACKENDS:
             raise PrivferError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
         if every < 1:
             raise PrivferError(f"every must be >= 1, got {every}")
         if batch_size < 1:
             raise PrivferError(f"batch_size must be >= 1, got {batch_size}")
+        if detect_every < 1:
+            raise PrivferError(f"detect_every must be >= 1, got {detect_every}")
         if device != "cpu" and backend == "torch":
             import torch
 
@@ -85,9 +92,16 @@ class Analyzer:
                 raise PrivferError(f"device {device}: CUDA is not available to PyTorch here")
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
         if backend == "onnxruntime":
-            from .onnx import onnx_model
+            from .onnx import OnnxModel, onnx_model
 
-            loaded = onnx_model(loaded, device=device)
+            if not isinstance(loaded, OnnxModel):  # an OnnxModel is reused as is
+                loaded = onnx_model(loaded, device=device)
+        try:  # one warm-up face: a model that cannot run here fails now, not on the first frame
+            s = loaded.input_size
+            loaded.logits(np.zeros((1, s, s), np.uint8))
+        except RuntimeError as e:
+            msg = " ".join(str(e).split())[:200]
+            raise PrivferError(f"{loaded.name or 'model'}: cannot run with backend {backend} on {device} ({msg})") from None
         self.model = loaded
         if isinstance(detector, str):
             from ..faces.detect import make_detector
@@ -98,6 +112,7 @@ class Analyzer:
         self.every = int(every)
         self.batch_size = int(batch_size)
         self.margin = float(margin)
+        self.detect_every = int(detect_every)
         self.classes = self.model.classes
 
     def __repr__(self) -> str:
@@ -110,11 +125,15 @@ class Analyzer:
         if isinstance(image, (str, os.PathLike)):
             source = str(image) if source == "image" else source
             image = read_image(image)
+        img = self._check(image, source)
+        return FrameResult(source, int(frame), time_s, self._classify(img, self.detector.detect(img)))
+
+    @staticmethod
+    def _check(image, source: str) -> np.ndarray:
         img = to_uint8(np.asarray(image))
         if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
             raise PrivferError(f"{source}: expected a gray, BGR or BGRA image, got shape {np.shape(image)}")
-        faces = self.detector.detect(img)
-        return FrameResult(source, int(frame), time_s, self._classify(img, faces))
+        return img
 
     def _classify(self, img: np.ndarray, faces) -> list[FaceResult]:
         if not faces:
@@ -141,10 +160,86 @@ class Analyzer:
         if isinstance(source, (str, os.PathLike)):
             source = open_source(source)
         it = source.frames(self.every) if isinstance(source, Source) else source
+        tracker = FaceTracker(self.detector, self.detect_every) if self.detect_every > 1 else None
         for fr in it:
-            yield fr, self.analyze(fr.image, source=fr.source, frame=fr.index, time_s=fr.time_s)
+            img = self._check(fr.image, fr.source)
+            if tracker is not None and fr.time_s is not None:  # still images are always detected
+                faces = tracker.faces(img, key=fr.source)
+            else:
+                faces = self.detector.detect(img)
+            yield fr, FrameResult(fr.source, fr.index, fr.time_s, self._classify(img, faces))
 
     def stream(self, source: str | os.PathLike | Source | Iterable[Frame]) -> Iterator[FrameResult]:
         """Results for every analysed frame of ``source`` (see :meth:`frames`), lazily."""
         for _, result in self.frames(source):
             yield result
+
+
+class FaceTracker:
+    """Detect on every ``detect_every``-th frame; in between, move the last faces with optical flow.
+
+    Each face's landmarks (or, without landmarks, a 3x3 grid inside its box) are followed with
+    pyramidal Lucas-Kanade flow from the previous frame; the box moves by the median displacement
+    of the points followed. A face whose points are all lost is dropped until the next detection.
+    A new ``key`` (another video) starts with a detection. Anonymised output hides these boxes, so
+    keep ``detect_every`` small where faces move fast.
+    """
+
+    _LK = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+
+    def __init__(self, detector, detect_every: int) -> None:
+        self.detector = detector
+        self.detect_every = int(detect_every)
+        self._n = 0
+        self._key: object = None
+        self._gray: np.ndarray | None = None
+        self._faces: list = []
+
+    def faces(self, img: np.ndarray, key: object = None) -> list:
+        """The faces in ``img`` (uint8 gray or BGR), detected or tracked."""
+        gray = to_gray(img)
+        if key != self._key or self._n % self.detect_every == 0 or self._gray is None:
+            faces = self.detector.detect(img)
+            self._n = 0
+        else:
+            faces = self._track(self._gray, gray, self._faces)
+        self._key, self._gray, self._faces = key, gray, faces
+        self._n += 1
+        return faces
+
+    def _track(self, prev: np.ndarray, gray: np.ndarray, faces: list) -> list:
+        from ..faces.detect import Face
+
+        if not faces or prev.shape != gray.shape:
+            return []
+        pts, owner = [], []
+        for i, f in enumerate(faces):
+            if f.landmarks is not None:
+                p = np.asarray(f.landmarks, np.float32)
+            else:
+                x, y, w, h = f.box
+                gx, gy = np.meshgrid(x + w * np.array([0.25, 0.5, 0.75]), y + h * np.array([0.25, 0.5, 0.75]))
+                p = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
+            pts.append(p)
+            owner += [i] * len(p)
+        p0 = np.concatenate(pts).reshape(-1, 1, 2)
+        p1, status, _ = cv2.calcOpticalFlowPyrLK(prev, gray, p0, None, **self._LK)
+        ok = status.reshape(-1).astype(bool)
+        d = (p1 - p0).reshape(-1, 2)
+        owner = np.asarray(owner)
+        H, W = gray.shape
+        out = []
+        for i, f in enumerate(faces):
+            sel = ok & (owner == i)
+            if not sel.any():
+                continue
+            dx, dy = np.median(d[sel], axis=0)
+            x, y, w, h = f.box
+            x0, y0 = int(np.clip(round(x + dx), 0, W - 1)), int(np.clip(round(y + dy), 0, H - 1))
+            box = (x0, y0, int(min(w, W - x0)), int(min(h, H - y0)))
+            lm = None
+            if f.landmarks is not None:
+                lm = np.asarray(f.landmarks, np.float32) + np.float32([dx, dy])
+                lm.setflags(write=False)
+            out.append(Face(box, f.score, lm))
+        return out

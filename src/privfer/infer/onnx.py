@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,18 +58,12 @@ def onnx_bytes(model: LoadedModel) -> bytes:
 
 def export_onnx(model: LoadedModel, path: str | os.PathLike) -> Path:
     """Write ``model`` as an ONNX file at ``path`` (atomically: a failed export leaves no file)."""
-    path = Path(path)
+    from .outputs import atomic_path
+
     data = onnx_bytes(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def _providers(device: str) -> list[str]:
@@ -107,14 +100,19 @@ class OnnxModel(LoadedModel):
 
 
 def onnx_model(model: LoadedModel, device: str = "cpu", threads: int | None = None) -> OnnxModel:
-    """Export ``model`` in memory and wrap it in an onnxruntime session (``threads``: intra-op
-    threads, default up to 2 -- on a shared CPU more threads mostly add contention)."""
+    """Export ``model`` in memory and wrap it in an onnxruntime session.
+
+    ``threads``: intra-op threads (default up to 2). Idle threads sleep instead of spinning: on a
+    shared CPU spinning threads fight the other work (measured: batch 64 with 2 threads under load,
+    414 faces/s spinning vs 799 without).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads) if threads else min(2, os.cpu_count() or 1)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(onnx_bytes(model), so, providers=_providers(device))
     return OnnxModel(model.net, model.card, name=model.name, session=session)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import sys
-import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,10 +39,18 @@ class AtomicFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=f".tmp{self.path.suffix}")
-        os.close(fd)
-        self.tmp = Path(tmp)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            while True:  # like mkstemp, but the file gets the usual permissions (0666 less the umask)
+                tmp = self.path.parent / f".{self.path.stem}.{secrets.token_hex(4)}.tmp{self.path.suffix}"
+                try:
+                    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                    break
+                except FileExistsError:
+                    continue
+        except OSError as e:
+            raise PrivferError(f"{self.path}: cannot write here ({e.strerror or e})") from None
+        self.tmp = tmp
 
     def commit(self) -> None:
         os.replace(self.tmp, self.path)
@@ -291,7 +299,13 @@ def draw_results(img: np.ndarray, result: FrameResult) -> np.ndarray:
         text = f"{f.label} {f.probs[f.label]:.2f}" + (" NEG" if f.negative_flag else "")
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         tx = min(max(0, x), max(0, W - tw - 4))
-        ty = y - 4 if y - th - base - 4 >= 0 else min(H - base - 2, y + h + th + 4)
+        # The label sits wholly outside the box: above it, else below it, else inside its top edge.
+        if y - base - th - 4 >= 0:
+            ty = y - base - 1
+        elif y + h + th + base + 4 <= H:
+            ty = y + h + th + 3
+        else:
+            ty = y + th + 3
         cv2.rectangle(img, (tx, ty - th - 3), (tx + tw + 4, ty + base), (0, 0, 0), -1)
         cv2.putText(img, text, (tx + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
     return img

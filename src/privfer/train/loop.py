@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .data import check_disjoint, split_by_hash, to_input
 from .dp import DPStepper
 from .objective import Objective
-from .privacy import PrivacyState
+from .privacy import PrivacyState, steps_per_epoch
 
 
 @dataclass
@@ -62,13 +62,16 @@ def prepare_data(cfg: TrainConfig, progress: bool = False) -> Data:
             raise PrivferError(f"public classes {public.classes} differ from private classes {private.classes}")
         check_disjoint(public, private)
     main = private if private is not None else public
+    def load_val(spec: str) -> FaceSet:  # validation always uses hard (majority) labels
+        return load_faces(parse_spec(spec), size=cfg.input_size, labels="majority", progress=progress)
+
     val = None
     if cfg.val:
-        val = load(cfg.val)
+        val = load_val(cfg.val)
     else:
         spec = parse_spec(cfg.private or cfg.public)
         try:
-            val = load(str(spec.with_split("val")))
+            val = load_val(str(spec.with_split("val")))
         except PrivferError:
             val = None  # the dataset has no validation split
     if val is not None and val.classes != main.classes:
@@ -161,7 +164,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         if saved.get("privacy"):
             privacy = PrivacyState.from_dict(saved["privacy"])
             if cfg.private:
-                planned = max(1, round(cfg.epochs / privacy.sample_rate))
+                planned = cfg.epochs * steps_per_epoch(privacy.sample_rate)
                 if planned != privacy.planned_steps:
                     privacy.extend_to(planned)
         ema.updates = saved.get("ema_updates", 0)
@@ -214,10 +217,10 @@ def _end_epoch(cfg, data, net, ema, opt, rng, st, out, stage, train_loss, train_
         save_weights(ema.net.state_dict(), out / "best.safetensors")
     eps = "" if m["epsilon"] is None else f" eps={m['epsilon']:.3f}"
     va = "" if m["val_acc"] is None else f" val_loss={m['val_loss']:.4f} val_acc={m['val_acc']:.4f}"
-    log(f"[{stage}] epoch {st['epoch']}: train_loss={train_loss:.4f} train_acc={train_acc:.4f}{va}{eps} ({m['time_s']}s)")
     save_checkpoint(out / "checkpoint", net, ema.net, opt, {
         **st, "privacy": privacy.to_dict() if privacy is not None else None, "ema_updates": ema.updates,
     }, rng)
+    log(f"[{stage}] epoch {st['epoch']}: train_loss={train_loss:.4f} train_acc={train_acc:.4f}{va}{eps} ({m['time_s']}s)")
 
 
 def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_start):
@@ -275,7 +278,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     def views(batch: torch.Tensor) -> torch.Tensor:
         return aug(to_input(batch).repeat_interleave(k, dim=0))
 
-    spe = max(1, round(1 / privacy.sample_rate))
+    spe = steps_per_epoch(privacy.sample_rate)
     epochs = math.ceil(privacy.planned_steps / spe)
     net.train()
     while privacy.steps < privacy.planned_steps:

@@ -32,6 +32,11 @@ def plan_noise(epsilon: float, delta: float, sample_rate: float, steps: int) -> 
         raise PrivferError(f"cannot reach epsilon={epsilon}, delta={delta} in {steps} steps at q={sample_rate:.4g}: {e}") from None
 
 
+def steps_per_epoch(sample_rate: float) -> int:
+    """Poisson-sampled steps that make one expected pass over the data."""
+    return max(1, round(1.0 / sample_rate))
+
+
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
     """Epsilon (PRV upper bound) spent by an accountant history [(noise, sample_rate, steps), ...]."""
     if not history or sum(h[2] for h in history) == 0:
@@ -65,7 +70,7 @@ class PrivacyState:
         if epochs <= 0:
             raise PrivferError(f"epochs must be >= 1, got {epochs}")
         q = batch_size / n
-        steps = max(1, round(epochs / q))
+        steps = epochs * steps_per_epoch(q)
         sigma = plan_noise(epsilon, delta, q, steps)
         return cls(epsilon, delta, sigma, max_grad_norm, q, n, steps)
 

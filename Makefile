@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean ship results
 
 $(BIN)/privfer: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,3 +24,11 @@ test: install
 
 clean:
 	rm -rf $(VENV) demo-output
+
+# Copy trained runs into the package (weights + model card) and refresh the README's results table.
+SHIPPED := fer2013-nonprivate fer2013-dp8 fer2013-public10-dp8 ferplus-dp8
+ship:
+	for n in $(SHIPPED); do cp runs/$$n/model.safetensors src/privfer/weights/$$n.safetensors && cp runs/$$n/model_card.json src/privfer/weights/$$n.json; done
+
+results: install
+	$(BIN)/privfer report $(addprefix runs/,$(SHIPPED)) --out docs/results

@@ -128,13 +128,14 @@ class LoadedModel:
 
         out = []
         self.net.eval()
+        device = next(self.net.parameters()).device
         with torch.inference_mode():
             for i in range(0, len(pixels), batch_size):
-                x = to_input(pixels[i:i + batch_size])
+                x = to_input(pixels[i:i + batch_size]).to(device)
                 z = self.net(x)
                 if tta:
                     z = (z + self.net(torch.flip(x, dims=[3]))) / 2
-                out.append(z.float().numpy())
+                out.append(z.float().cpu().numpy())
         n = len(self.classes)
         return np.concatenate(out) if out else np.zeros((0, n), np.float32)
 

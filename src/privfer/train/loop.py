@@ -284,7 +284,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     while privacy.steps < privacy.planned_steps:
         loss_sum = correct = seen = 0
         steps_now = min(spe, privacy.planned_steps - privacy.steps)
-        bar = _tqdm(steps_now, f"private {st['epoch'] + 1}/{epochs}", progress)
+        bar = _tqdm(steps_now, f"private {st['epoch'] + 1}/{epochs} eps={privacy.epsilon():.2f}", progress)
         for _ in range(steps_now):
             lr = lr_at(privacy.steps, privacy.planned_steps, cfg.lr, cfg.warmup_frac)
             for g in base.param_groups:

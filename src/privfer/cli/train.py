@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="use only the first N training samples")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="auto (default): this process' GPU if CUDA is available, else CPU. Several processes: "
+                        "launch with torchrun --nproc_per_node N -m privfer train ... (see docs/distributed.md)")
     p.add_argument("--out", help="run directory (default runs/latest)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run exactly (optionally with more --epochs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,6 +55,7 @@ def run(args) -> int:
         "aug_mult": args.aug_mult, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
         "augment": False if args.no_augment else None, "labels": args.labels,
         "negative_recall": args.negative_recall, "limit": args.limit, "seed": args.seed, "threads": args.threads,
+        "device": args.device,
     }
     if args.public and not args.private and not args.public_split and not args.config:
         # Non-private only: --epochs/--batch-size/--lr name the (only) public stage.
@@ -63,7 +67,8 @@ def run(args) -> int:
         if not (run_dir / "checkpoint" / "state.json").is_file() or not cfg_file.is_file():
             raise PrivferError(f"{run_dir}: not a privfer run directory (no config.json and checkpoint/state.json)")
         saved = json.loads(cfg_file.read_text())
-        extra = {k: v for k, v in overrides.items() if v is not None and k in ("epochs", "public_epochs", "threads")}
+        extra = {k: v for k, v in overrides.items()
+                 if v is not None and k in ("epochs", "public_epochs", "threads", "device")}
         cfg = TrainConfig.from_dict({**saved, "out": str(run_dir)}, source=str(cfg_file), **extra)
         train(cfg, resume=True, progress=not args.quiet)
         return 0

@@ -20,6 +20,7 @@ from ..data.readers import read_dataset
 from ..data.spec import parse_spec
 from ..errors import PrivferError
 from ..models.io import LoadedModel, load_model
+from .audit import find_audits
 from .evaluate import evaluate, write_outputs
 
 #: Classes whose recall the tables single out: the rare and hard ones.
@@ -35,6 +36,7 @@ class RunSummary:
     name: str
     model: LoadedModel
     metrics: list[dict] = field(default_factory=list)
+    audits: list[tuple[str, dict]] = field(default_factory=list)  # (name, audit.json) from RUN/audit/
     val: dict | None = None
     val_note: str = NA
     test: dict | None = None
@@ -130,6 +132,7 @@ def summarise(ref: str | Path, *, test: bool = True, batch_size: int = 512) -> R
     run = RunSummary(str(ref), p.name if p.exists() else str(ref), model)
     if p.is_dir():
         run.metrics = read_metrics(p / "metrics.jsonl")
+        run.audits = find_audits(p)
     trained_on = train_data_text(model.card)
     val = _entries(model.card.get("val_data"))
     run.val, run.val_note = _try_evaluate(model, *((val[0], None) if val else (trained_on, "val")), batch_size)
@@ -172,7 +175,12 @@ def _epsilon(card: dict):
 
 def privacy_statement(card: dict) -> str:
     """What the model's differential-privacy guarantee covers, in one sentence."""
-    private, public = _spec_text(card.get("private_data")), _spec_text(card.get("public_data"))
+    def described(entry):  # spec text plus the subset it names (e.g. a content-hash split)
+        text = _spec_text(entry)
+        sub = entry.get("subset") if isinstance(entry, dict) else None
+        return f"{text} ({sub})" if text and sub else text
+
+    private, public = described(card.get("private_data")), described(card.get("public_data"))
     eps, delta = _epsilon(card), card.get("delta")
     if private and eps is not None and math.isfinite(float(eps)):
         target = card.get("epsilon_target")
@@ -200,6 +208,20 @@ def weakest_classes(result: dict, k: int = 2) -> list[tuple[str, float]]:
     """The ``k`` classes with the lowest recall among those with support (ties: class order)."""
     pcs = [(c, v["recall"]) for c, v in result["per_class"].items() if v["support"] > 0]
     return sorted(pcs, key=lambda cv: cv[1])[:k]
+
+
+def audit_markdown(runs: list[tuple[str, list[tuple[str, dict]]]]) -> str:
+    """Table of audit results, one row per ``audit.json`` of each (run name, audits)."""
+    rows = []
+    for run, audits in runs:
+        for name, a in audits:
+            tpr = a.get("tpr_at_fpr", {})
+            rows.append([run, name, a.get("attack", NA) + (f" ({a['variant']})" if a.get("variant") else ""),
+                         f"{a.get('n_members', NA)} / {a.get('n_non_members', NA)}", _num(a.get("auc"), ".3f"),
+                         _pct(tpr.get("0.01")), _pct(tpr.get("0.001")), _pct(a.get("balanced_accuracy")),
+                         _num(a.get("epsilon_lower_bound"), ".2f"), _num(a.get("epsilon_claimed"), ".2f")])
+    return _table(["run", "audit", "attack", "members / non-members", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR",
+                   "balanced attack accuracy", "ε lower bound (95%)", "ε claimed"], rows)
 
 
 def _command(run: RunSummary) -> str:
@@ -382,6 +404,9 @@ def make_report(run_dirs: list[str | Path], out_dir: str | Path, batch_size: int
 
         md += ["### Privacy", ""]
         md += [f"- {runs[i].name}: {privacy_statement(runs[i].card)}" for i in idx] + [""]
+        audited = [(runs[i].name, runs[i].audits) for i in idx if runs[i].audits]
+        if audited:
+            md += ["### Membership-inference audits (`privfer audit`)", "", audit_markdown(audited), ""]
 
         md += ["### Per-class recall (validation)", ""]
         if any(r.val for r in group):

@@ -19,23 +19,31 @@ def environment(seed: int) -> dict:
             "threads": torch.get_num_threads(), "seed": seed}
 
 
-def _describe(fs) -> dict | None:
+def _describe(fs, subset: str | None = None) -> dict | None:
     if fs is None:
         return None
-    return {"spec": fs.spec, "n": len(fs), "data_hash": fs.data_hash(), "class_counts": fs.class_counts()}
+    d = {"spec": fs.spec, "n": len(fs), "data_hash": fs.data_hash(), "class_counts": fs.class_counts()}
+    if subset:
+        d["subset"] = subset
+    return d
 
 
-def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: str, elapsed: float, st: dict) -> dict:
-    """Build ``model_card.json`` (all keys documented in the README's "Model card" section)."""
+def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: str, elapsed: float, st: dict,
+               world_size: int = 1) -> dict:
+    """Build ``model_card.json`` (all keys documented in the README's "Model card" section).
+
+    ``world_size``: processes that trained the model together (torchrun); the guarantee does not depend on it."""
     eps = privacy.epsilon() if privacy is not None else None
+    # --public-split: both sets come from one spec; say which part (by content hash) each one is
+    split_note = f" (split by content hash, public fraction {cfg.public_split})" if cfg.public_split else None
     if privacy is not None:
         guarantee = (f"(epsilon={eps:.3f}, delta={privacy.delta:g})-DP with respect to each example of the private "
-                     f"data {data.private.spec} (target epsilon {privacy.epsilon_target})")
+                     f"data {data.private.spec}{split_note or ''} (target epsilon {privacy.epsilon_target})")
     else:
         guarantee = "none: no differential privacy was used"
     public_note = None
     if data.public is not None:
-        public_note = f"public data {data.public.spec} was trained on WITHOUT differential privacy: no guarantee covers it"
+        public_note = f"public data {data.public.spec}{split_note or ''} was trained on WITHOUT differential privacy: no guarantee covers it"
     card = {
         "model": cfg.model,
         "model_kwargs": cfg.model_kwargs,
@@ -51,9 +59,9 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "aug_mult": cfg.aug_mult,
         "accountant": privacy.accountant if privacy else None,
         "accountant_history": privacy.history if privacy else None,
-        "world_size": 1,
-        "private_data": _describe(data.private),
-        "public_data": _describe(data.public),
+        "world_size": world_size,
+        "private_data": _describe(data.private, split_note and f"images with content-hash fraction >= {cfg.public_split}"),
+        "public_data": _describe(data.public, split_note and f"images with content-hash fraction < {cfg.public_split}"),
         "val_data": _describe(data.val),
         "guarantee": guarantee,
         "public_data_note": public_note,

@@ -51,6 +51,7 @@ class TrainConfig:
     select: str = "best"                # best (validation accuracy of EMA weights) | last
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"                # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda
     out: str = "runs/latest"
 
     @classmethod
@@ -100,6 +101,8 @@ class TrainConfig:
             raise PrivferError(f"labels must be majority or votes, got {self.labels!r}")
         if self.select not in ("best", "last"):
             raise PrivferError(f"select must be best or last, got {self.select!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise PrivferError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.max_grad_norm <= 0:
             raise PrivferError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         return self

@@ -3,6 +3,15 @@ augmented views) -> per-example clipping -> Gaussian noise -> optimizer step.
 
 Built directly on Opacus' ``GradSampleModule`` and ``DPOptimizer`` (the same pieces ``PrivacyEngine``
 wires up), so that sampling, virtual steps and augmentation multiplicity stay under our control.
+
+Under torchrun (``distributed=True``) the pieces are Opacus' distributed ones, as ``PrivacyEngine``
+uses with ``distributed=True``: ``DPDDP`` (rank 0's weights are broadcast at start) and
+``DistributedDPOptimizer``. Each rank clips the per-example gradients of its share of the global
+Poisson batch and sums them; rank 0 alone adds the Gaussian noise N(0, sigma^2 C^2) to its sum; the sums
+are all-reduced. The released gradient is therefore (sum of all clipped gradients + one noise draw) /
+expected global batch: exactly the single-process release, so the same accounting applies. (Identical
+noise drawn on every rank from a shared generator would also work, but would need a generator outside
+torch's default one and change the single-process noise stream; noise on rank 0 keeps it.)
 """
 from __future__ import annotations
 
@@ -10,7 +19,8 @@ from typing import Callable
 
 import torch
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 from torch import nn
 
 from .objective import Objective
@@ -20,14 +30,25 @@ class DPStepper:
     """Wrap a model and optimizer for DP-SGD with clipping norm ``max_grad_norm`` and noise ``noise_multiplier``.
 
     ``expected_batch_size`` is the Poisson batch's expectation (q * n): the noisy sum is divided by it,
-    not by the realised batch size, as the analysis requires.
+    not by the realised batch size, as the analysis requires. With ``distributed=True`` it is still the
+    expectation of the *global* batch (see the module docstring).
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, noise_multiplier: float,
-                 max_grad_norm: float, expected_batch_size: int, physical_batch_size: int = 256, aug_mult: int = 1):
-        self.gsm = GradSampleModule(net, batch_first=True, loss_reduction="mean")
-        self.opt = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                               expected_batch_size=expected_batch_size, loss_reduction="mean")
+                 max_grad_norm: float, expected_batch_size: int, physical_batch_size: int = 256, aug_mult: int = 1,
+                 distributed: bool = False):
+        self.distributed = distributed
+        if distributed:
+            world = torch.distributed.get_world_size()
+            self.gsm = GradSampleModule(DPDDP(net), batch_first=True, loss_reduction="mean")
+            # DistributedDPOptimizer divides each rank's (noised) sum by expected_batch_size, then averages
+            # over ranks (all-reduce sum / world): dividing by E / world here makes that (sum + noise) / E.
+            self.opt = DistributedDPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                                              expected_batch_size=expected_batch_size / world, loss_reduction="mean")
+        else:
+            self.gsm = GradSampleModule(net, batch_first=True, loss_reduction="mean")
+            self.opt = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                                   expected_batch_size=expected_batch_size, loss_reduction="mean")
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.k = aug_mult
         self.chunk = max(1, physical_batch_size // aug_mult)
@@ -41,7 +62,10 @@ class DPStepper:
         """
         self.opt.zero_grad(set_to_none=True)
         if len(idx) == 0:
-            self._noise_only_step()
+            if self.distributed:
+                self._empty_share_step()
+            else:
+                self._noise_only_step()
             return 0.0, 0, 0
         chunks = torch.split(idx, self.chunk)
         loss_sum, correct, seen = 0.0, 0, 0
@@ -68,6 +92,16 @@ class DPStepper:
         """An empty Poisson batch still releases a noisy (all-noise) update, as the analysis assumes."""
         std = self.opt.noise_multiplier * self.opt.max_grad_norm
         for p in self.params:
-            p.grad = torch.normal(0.0, std, p.shape) / self.opt.expected_batch_size
+            p.grad = torch.normal(0.0, std, p.shape, device=p.device) / self.opt.expected_batch_size
         self.opt.original_optimizer.step()
 
+    def _empty_share_step(self) -> None:
+        """Distributed, and this rank's share of the global batch is empty: it contributes a zero sum to the
+        all-reduce (rank 0 still adds the noise), so every rank takes part in the same collectives."""
+        for p in self.params:
+            p.summed_grad = torch.zeros_like(p)
+        self.opt.add_noise()
+        for p in self.params:
+            p.grad /= self.opt.expected_batch_size
+        self.opt.reduce_gradients()
+        self.opt.original_optimizer.step()

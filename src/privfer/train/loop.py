@@ -3,9 +3,14 @@
 Read top to bottom: :func:`train` prepares data (content-hash split and overlap check), builds the
 model, runs each stage epoch by epoch (checkpointing after each), then selects, calibrates and saves
 the EMA weights with a model card.
+
+Under torchrun (see ``distributed.py``) every rank runs this same code on the same global batches and
+keeps only the examples it owns; gradients are summed over ranks; rank 0 alone validates, logs and
+writes the run directory. With one process every distributed call below is a no-op.
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -23,6 +28,7 @@ from ..data.spec import parse_spec
 from ..errors import PrivferError
 from ..models.io import LoadedModel, save_weights, write_json_atomic
 from ..models.registry import build_model
+from . import distributed
 from .augment import Augment
 from .card import environment, model_card
 from .checkpoint import load_checkpoint, restore, save_checkpoint
@@ -52,8 +58,6 @@ def prepare_data(cfg: TrainConfig, progress: bool = False) -> Data:
     public = load(cfg.public) if cfg.public else None
     if cfg.public_split:
         public, private = split_by_hash(private, cfg.public_split)
-        public.spec = f"{private.spec} (content-hash fraction {cfg.public_split})"
-        private.spec = f"{private.spec} (content-hash fraction 1-{cfg.public_split})"
     if cfg.limit:  # the first N of a fixed shuffle (files are sorted by class, so plain first-N is one class)
         public = _first(public, cfg.limit)
         private = _first(private, cfg.limit)
@@ -134,19 +138,43 @@ def _tqdm(total: int, desc: str, enabled: bool):
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> Path:
-    """Run (or resume) a training run into ``cfg.out``; returns the run directory."""
+    """Run (or resume) a training run into ``cfg.out``; returns the run directory.
+
+    Under torchrun every rank calls this; the process group is joined here and left on return.
+    """
+    device = distributed.init(cfg.device)
+    try:
+        return _train(cfg, resume, progress, log, device)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.device) -> Path:
     out = Path(cfg.out)
     ckdir = out / "checkpoint"
-    if not resume and out.exists() and any(out.iterdir()):
-        raise PrivferError(f"{out}: run directory exists and is not empty (use --resume {out} or another --out)")
+    main = distributed.is_main()
+    if not main:  # rank 0 alone logs and shows progress
+        log, progress = (lambda *_: None), False
+    problem = None
+    if main and not resume and out.exists() and any(out.iterdir()):
+        problem = f"{out}: run directory exists and is not empty (use --resume {out} or another --out)"
+    problem = distributed.broadcast_object(problem)  # rank 0 creates the directory: only it may check
+    if problem:
+        raise PrivferError(problem)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # the same on every rank: all ranks draw the same global batches
     t_start = time.time()
 
+    if not distributed.is_local_main():  # the first process on each machine fills the preprocessing cache
+        distributed.barrier()
     data = prepare_data(cfg, progress=progress)
-    net = build_model(cfg.model, len(data.classes), **cfg.model_kwargs)
+    if distributed.is_local_main():
+        distributed.barrier()
+    net = build_model(cfg.model, len(data.classes), **cfg.model_kwargs).to(device)
+    if distributed.rank() > 0:  # same initial weights (seed above); each rank its own augmentations
+        torch.manual_seed(_rank_seed(cfg.seed, distributed.rank()))
     ema = EMA(net, cfg.ema_decay)
     aug = Augment() if cfg.augment else Augment.off()
 
@@ -170,12 +198,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         ema.updates = saved.get("ema_updates", 0)
         ckpt = (saved, tensors)
         t_start = time.time() - st["elapsed_s"]
-        _truncate_lines(out / "metrics.jsonl", st["metrics_lines"])
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", cfg.to_dict())
-    write_json_atomic(out / "environment.json", environment(cfg.seed))
+        if main:
+            _truncate_lines(out / "metrics.jsonl", st["metrics_lines"])
+        ranks_then = len(saved.get("rank_rng") or [None])
+        if ranks_then != distributed.world_size():
+            log(f"note: resuming with {distributed.world_size()} processes, checkpoint written with {ranks_then}: "
+                "same batches, noise and epsilon, but augmentations (and so weights) differ from an uninterrupted run")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", cfg.to_dict())
+        write_json_atomic(out / "environment.json", environment(cfg.seed))
     log(f"privfer train: {len(data.classes)} classes; public={len(data.public) if data.public is not None else 0} "
         f"private={len(data.private) if data.private is not None else 0} val={len(data.val) if data.val is not None else 0}")
+    if distributed.world_size() > 1:
+        log(f"distributed: {distributed.world_size()} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+            "one global batch, noise added once (rank 0)")
     if privacy is not None:
         log(f"DP-SGD: target (eps={privacy.epsilon_target}, delta={privacy.delta}), noise {privacy.noise_multiplier:.4f}, "
             f"q={privacy.sample_rate:.5f}, {privacy.planned_steps} steps, C={privacy.max_grad_norm}, K={cfg.aug_mult}")
@@ -187,12 +224,59 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
             ckpt = None
             ema.updates = 0
         if stage == "public":
-            _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_start)
+            _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_start, device)
         else:
-            _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress, log, t_start)
+            _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress, log, t_start, device)
         ckpt = None
 
-    return _finish(cfg, data, net, ema, privacy, st, out, time.time() - t_start, log)
+    if main:
+        _finish(cfg, data, net, ema, privacy, st, out, time.time() - t_start, log)
+    distributed.barrier()
+    return out
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """Torch seed of rank > 0 (rank 0 keeps ``seed``, as a single process does)."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def _shard(fs: FaceSet) -> FaceSet:
+    """The examples this rank owns: global index i with i % world_size == rank (all of them for one process)."""
+    world = distributed.world_size()
+    return fs if world == 1 else fs.subset(np.arange(distributed.rank(), len(fs), world))
+
+
+def _own(rows: torch.Tensor) -> torch.Tensor:
+    """Of the global indices ``rows``, those this rank owns, as indices into its :func:`_shard`."""
+    world = distributed.world_size()
+    return rows if world == 1 else rows[rows % world == distributed.rank()] // world
+
+
+def _rng_states(device: torch.device) -> list[dict] | None:
+    """Every rank's torch RNG states (CPU, and CUDA when used), for exact resume; None for one CPU process
+    (its state is the checkpoint's ``rng.torch``). A collective: all ranks call it."""
+    def b64(t: torch.Tensor) -> str:
+        return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+    if distributed.world_size() == 1 and device.type == "cpu":
+        return None
+    mine = {"cpu": b64(torch.get_rng_state()),
+            "cuda": b64(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None}
+    return distributed.all_gather_object(mine)
+
+
+def _restore_rank_rng(saved: dict, cfg: TrainConfig, device: torch.device) -> None:
+    """After :func:`restore` (which sets rank 0's CPU state): this rank's own saved states."""
+    def unb64(s: str) -> torch.Tensor:
+        return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+
+    states, r = saved.get("rank_rng") or [], distributed.rank()
+    if r < len(states):
+        torch.set_rng_state(unb64(states[r]["cpu"]))
+        if device.type == "cuda" and states[r].get("cuda"):
+            torch.cuda.set_rng_state(unb64(states[r]["cuda"]), device)
+    elif r > 0:  # more processes than when the checkpoint was written
+        torch.manual_seed(_rank_seed(cfg.seed, r) + saved["global_step"])
 
 
 def _truncate_lines(path: Path, n: int) -> None:
@@ -201,17 +285,24 @@ def _truncate_lines(path: Path, n: int) -> None:
         path.write_text("".join(lines))
 
 
-def _end_epoch(cfg, data, net, ema, opt, rng, st, out, stage, train_loss, train_acc, privacy, lr, log, t_start):
-    """Validate the EMA weights, log metrics, keep the best weights, and checkpoint."""
+def _end_epoch(cfg, data, net, ema, opt, rng, st, out, stage, sums, privacy, lr, log, t_start, device):
+    """Validate the EMA weights, log metrics, keep the best weights, and checkpoint (rank 0 only).
+
+    ``sums`` = (loss sum, correct, views seen) of this rank's examples; summed over ranks here."""
+    loss_sum, correct, seen = distributed.all_sum(list(sums))
+    train_loss, train_acc = loss_sum / max(seen, 1), correct / max(seen, 1)
+    rank_rng = _rng_states(device)
     st["epoch"] += 1
     st["elapsed_s"] = round(time.time() - t_start, 1)
+    st["metrics_lines"] += 1
+    if not distributed.is_main():
+        return
     m = {"stage": stage, "epoch": st["epoch"], "step": st["global_step"], "train_loss": train_loss,
          "train_acc": train_acc, **val_metrics(ema.net, data.val, data.classes),
          "epsilon": privacy.epsilon() if (privacy is not None and stage == "private") else None,
          "lr": lr, "time_s": st["elapsed_s"]}
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(m) + "\n")
-    st["metrics_lines"] += 1
     if m["val_acc"] is not None and m["val_acc"] > st["best_val_acc"]:
         st["best_val_acc"] = m["val_acc"]
         save_weights(ema.net.state_dict(), out / "best.safetensors")
@@ -219,19 +310,22 @@ def _end_epoch(cfg, data, net, ema, opt, rng, st, out, stage, train_loss, train_
     va = "" if m["val_acc"] is None else f" val_loss={m['val_loss']:.4f} val_acc={m['val_acc']:.4f}"
     save_checkpoint(out / "checkpoint", net, ema.net, opt, {
         **st, "privacy": privacy.to_dict() if privacy is not None else None, "ema_updates": ema.updates,
+        **({"rank_rng": rank_rng} if rank_rng is not None else {}),
     }, rng)
     log(f"[{stage}] epoch {st['epoch']}: train_loss={train_loss:.4f} train_acc={train_acc:.4f}{va}{eps} ({m['time_s']}s)")
 
 
-def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_start):
-    fs = data.public
-    n = len(fs)
+def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_start, device):
+    n = len(data.public)
+    fs = _shard(data.public)
+    world = distributed.world_size()
     x = torch.from_numpy(fs.pixels)
-    obj = Objective(torch.from_numpy(fs.labels),
-                    torch.from_numpy(fs.votes) if fs.votes is not None else None, cfg.label_smoothing)
+    obj = Objective(torch.from_numpy(fs.labels).to(device),
+                    torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing)
     opt = make_optimizer(cfg.public_optimizer, net.parameters(), cfg.public_lr, cfg.momentum, cfg.public_weight_decay)
     if ckpt is not None:
         restore(ckpt[1], ckpt[0], net, ema.net, opt, rng)
+        _restore_rank_rng(ckpt[0], cfg, device)
     spe = math.ceil(n / cfg.public_batch_size)
     total = spe * cfg.public_epochs
     net.train()
@@ -240,43 +334,60 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
         loss_sum = correct = seen = 0
         bar = _tqdm(spe, f"public {st['epoch'] + 1}/{cfg.public_epochs}", progress)
         for b in range(spe):
-            rows = perm[b * cfg.public_batch_size:(b + 1) * cfg.public_batch_size]
+            batch = perm[b * cfg.public_batch_size:(b + 1) * cfg.public_batch_size]  # the global batch
+            rows = _own(batch)
             lr = lr_at(st["stage_step"], total, cfg.public_lr, cfg.warmup_frac)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits = net(aug(to_input(x[rows])))
-            loss = obj(logits, rows)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(rows):
+                logits = net(aug(to_input(x[rows])).to(device))
+                loss = obj(logits, rows)
+                # several ranks: each back-propagates its share of the global mean; the shares are summed below
+                (loss * (len(rows) / len(batch)) if world > 1 else loss).backward()
+                loss_sum += loss.item() * len(rows)
+                correct += obj.correct(logits, rows)
+                seen += len(rows)
+            if world > 1:
+                _sum_grads(net)
             opt.step()
             ema.update(net)
             st["stage_step"] += 1
             st["global_step"] += 1
-            loss_sum += loss.item() * len(rows)
-            correct += obj.correct(logits, rows)
-            seen += len(rows)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
         bar.close()
-        _end_epoch(cfg, data, net, ema, opt, rng, st, out, "public", loss_sum / seen, correct / seen, None, lr, log, t_start)
+        _end_epoch(cfg, data, net, ema, opt, rng, st, out, "public", (loss_sum, correct, seen), None, lr, log,
+                   t_start, device)
 
 
-def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress, log, t_start):
-    fs = data.private
-    n = len(fs)
+def _sum_grads(net: nn.Module) -> None:
+    """All-reduce (sum) the gradients over ranks; a rank with no examples in the batch contributes zeros."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    distributed.all_reduce_sum_([p.grad for p in params])
+
+
+def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress, log, t_start, device):
+    n = len(data.private)
+    fs = _shard(data.private)
     x = torch.from_numpy(fs.pixels)
-    obj = Objective(torch.from_numpy(fs.labels),
-                    torch.from_numpy(fs.votes) if fs.votes is not None else None, 0.0)
+    obj = Objective(torch.from_numpy(fs.labels).to(device),
+                    torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, 0.0)
     base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     k = cfg.aug_mult
     stepper = DPStepper(net, base, privacy.noise_multiplier, privacy.max_grad_norm,
-                        expected_batch_size=max(1, round(privacy.sample_rate * n)),
-                        physical_batch_size=cfg.physical_batch_size, aug_mult=k)
+                        expected_batch_size=max(1, round(privacy.sample_rate * n)),  # of the global batch
+                        physical_batch_size=cfg.physical_batch_size, aug_mult=k,
+                        distributed=distributed.world_size() > 1)
     if ckpt is not None:
         restore(ckpt[1], ckpt[0], net, ema.net, base, rng)
+        _restore_rank_rng(ckpt[0], cfg, device)
 
     def views(batch: torch.Tensor) -> torch.Tensor:
-        return aug(to_input(batch).repeat_interleave(k, dim=0))
+        return aug(to_input(batch).repeat_interleave(k, dim=0)).to(device)
 
     spe = steps_per_epoch(privacy.sample_rate)
     epochs = math.ceil(privacy.planned_steps / spe)
@@ -289,7 +400,8 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
             lr = lr_at(privacy.steps, privacy.planned_steps, cfg.lr, cfg.warmup_frac)
             for g in base.param_groups:
                 g["lr"] = lr
-            idx = torch.from_numpy(np.flatnonzero(rng.random(n) < privacy.sample_rate))
+            # the global Poisson batch (every rank draws the same), then this rank's examples of it
+            idx = _own(torch.from_numpy(np.flatnonzero(rng.random(n) < privacy.sample_rate)))
             ls, c, s = stepper.step(x, obj, idx, views)
             privacy.record_step()
             ema.update(net)
@@ -301,8 +413,8 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
         bar.close()
-        _end_epoch(cfg, data, net, ema, base, rng, st, out, "private", loss_sum / max(seen, 1), correct / max(seen, 1),
-                   privacy, lr, log, t_start)
+        _end_epoch(cfg, data, net, ema, base, rng, st, out, "private", (loss_sum, correct, seen), privacy, lr, log,
+                   t_start, device)
     stepper.gsm._close()
 
 
@@ -329,7 +441,7 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
         is_neg = np.array(negative_mask(data.classes))[data.val.labels]
         calib = {"temperature": float(t), "negative_threshold": float(fit_threshold(neg, is_neg, cfg.negative_recall)),
                  "calibrated_on": data.val.spec}
-    card = model_card(cfg, data, privacy, calib, selected, elapsed, st)
+    card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size())
     save_weights(final.state_dict(), out / "model.safetensors")
     write_json_atomic(out / "model_card.json", card)
     eps = "" if privacy is None else f", epsilon spent {card['epsilon_spent']:.3f} (target {privacy.epsilon_target})"

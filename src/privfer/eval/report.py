@@ -227,7 +227,8 @@ def audit_markdown(runs: list[tuple[str, list[tuple[str, dict]]]]) -> str:
 def _command(run: RunSummary) -> str:
     if run.card.get("command"):
         return f"`{run.card['command']}`"
-    cfg = Path(run.ref) / "config.json"
+    shared = Path("configs") / f"{Path(str(run.ref)).name}.yaml"  # the repository's config for a shipped run
+    cfg = shared if shared.is_file() else Path(run.ref) / "config.json"
     return f"`privfer train --config {cfg}`" if cfg.is_file() else NA
 
 

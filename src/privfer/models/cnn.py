@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Standardize, conv_gn
+from .layers import BranchClassifier, conv_gn
 
 
 class SpatialTransformer(nn.Module):
@@ -57,16 +57,9 @@ class CNNBranch(nn.Module):
         return self.features(x).mean(dim=(2, 3))
 
 
-class CNN(nn.Module):
+class CNN(BranchClassifier):
     """The CNN branch alone with a linear head (the seed-style baseline model)."""
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128), attention: bool = False,
                  dropout: float = 0.2):
-        super().__init__()
-        self.scale = Standardize()
-        self.branch = CNNBranch(tuple(widths), attention)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(self.branch.out_dim, num_classes)
-
-    def forward(self, x):
-        return self.head(self.drop(self.branch(self.scale(x))))
+        super().__init__(CNNBranch(tuple(widths), attention), num_classes, dropout)

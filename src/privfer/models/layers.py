@@ -28,3 +28,17 @@ class Standardize(nn.Module):
 
     def forward(self, x):
         return (x - 0.5) * 4.0
+
+
+class BranchClassifier(nn.Module):
+    """One feature branch (anything with ``out_dim``) + dropout + linear head, on standardised pixels."""
+
+    def __init__(self, branch: nn.Module, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.scale = Standardize()
+        self.branch = branch
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(branch.out_dim, num_classes)
+
+    def forward(self, x):
+        return self.head(self.drop(self.branch(self.scale(x))))

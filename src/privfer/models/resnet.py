@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import Standardize, conv_gn, groups_for
+from .layers import BranchClassifier, conv_gn, groups_for
 
 
 class BasicBlock(nn.Module):
@@ -40,15 +40,8 @@ class ResNetBranch(nn.Module):
         return self.features(x).mean(dim=(2, 3))
 
 
-class ResNet(nn.Module):
+class ResNet(BranchClassifier):
     """The ResNet branch alone with a linear head."""
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = (24, 48, 96), blocks: int = 1, dropout: float = 0.2):
-        super().__init__()
-        self.scale = Standardize()
-        self.branch = ResNetBranch(tuple(widths), blocks)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(self.branch.out_dim, num_classes)
-
-    def forward(self, x):
-        return self.head(self.drop(self.branch(self.scale(x))))
+        super().__init__(ResNetBranch(tuple(widths), blocks), num_classes, dropout)

@@ -1,4 +1,4 @@
-"""Models by name: ``cnn``, ``resnet``, ``fusion`` (default)."""
+"""Models by name: ``cnn``, ``resnet``, ``fusion`` (default), ``scatter`` (fixed scattering features + head)."""
 from __future__ import annotations
 
 from torch import nn
@@ -7,8 +7,9 @@ from ..errors import PrivferError
 from .cnn import CNN
 from .fusion import Fusion
 from .resnet import ResNet
+from .scatter import ScatterLinear, ScatterNet
 
-MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion}
+MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion, "scatter": ScatterNet, "scatter-linear": ScatterLinear}
 DEFAULT_MODEL = "fusion"
 
 

@@ -35,6 +35,7 @@ from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
 from .data import check_disjoint, split_by_hash, to_input
 from .dp import DPStepper
+from .features import FeatureViews, cached, frontend_of, head_logits
 from .objective import Objective
 from .privacy import PrivacyState, steps_per_epoch
 
@@ -47,6 +48,8 @@ class Data:
     private: FaceSet | None
     val: FaceSet | None
     classes: tuple[str, ...]
+    #: the validation set through the model's fixed front-end, when it has one (see ``features.py``)
+    val_features: torch.Tensor | None = None
 
 
 def prepare_data(cfg: TrainConfig, progress: bool = False) -> Data:
@@ -122,11 +125,15 @@ class EMA:
             e.lerp_(p.detach(), 1.0 - d)
 
 
-def val_metrics(net: nn.Module, val: FaceSet | None, classes) -> dict:
-    """Loss and accuracy of ``net`` on the fixed, un-augmented validation set."""
+def val_metrics(net: nn.Module, val: FaceSet | None, classes, features: torch.Tensor | None = None) -> dict:
+    """Loss and accuracy of ``net`` on the fixed, un-augmented validation set (``features``: its front-end's
+    precomputed output, for models with one)."""
     if val is None:
         return {"val_loss": None, "val_acc": None}
-    logits = torch.from_numpy(LoadedModel(net, {"classes": list(classes)}).logits(val.pixels))
+    if features is not None:
+        logits = head_logits(net, features).cpu()
+    else:
+        logits = torch.from_numpy(LoadedModel(net, {"classes": list(classes)}).logits(val.pixels))
     y = torch.from_numpy(val.labels)
     return {"val_loss": float(nn.functional.cross_entropy(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
 
@@ -173,6 +180,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     if distributed.is_local_main():
         distributed.barrier()
     net = build_model(cfg.model, len(data.classes), **cfg.model_kwargs).to(device)
+    fe = frontend_of(net)
+    if fe is not None and data.val is not None and distributed.is_main():
+        data.val_features = torch.from_numpy(np.array(cached(fe, data.val.pixels, data.val.hashes)))
     if distributed.rank() > 0:  # same initial weights (seed above); each rank its own augmentations
         torch.manual_seed(_rank_seed(cfg.seed, distributed.rank()))
     ema = EMA(net, cfg.ema_decay)
@@ -298,7 +308,7 @@ def _end_epoch(cfg, data, net, ema, opt, rng, st, out, stage, sums, privacy, lr,
     if not distributed.is_main():
         return
     m = {"stage": stage, "epoch": st["epoch"], "step": st["global_step"], "train_loss": train_loss,
-         "train_acc": train_acc, **val_metrics(ema.net, data.val, data.classes),
+         "train_acc": train_acc, **val_metrics(ema.net, data.val, data.classes, data.val_features),
          "epsilon": privacy.epsilon() if (privacy is not None and stage == "private") else None,
          "lr": lr, "time_s": st["elapsed_s"]}
     with open(out / "metrics.jsonl", "a") as fh:
@@ -320,6 +330,8 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
     fs = _shard(data.public)
     world = distributed.world_size()
     x = torch.from_numpy(fs.pixels)
+    fe = frontend_of(net)
+    fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device) if fe is not None else None
     obj = Objective(torch.from_numpy(fs.labels).to(device),
                     torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing)
     opt = make_optimizer(cfg.public_optimizer, net.parameters(), cfg.public_lr, cfg.momentum, cfg.public_weight_decay)
@@ -341,7 +353,10 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             if len(rows):
-                logits = net(aug(to_input(x[rows])).to(device))
+                if fv is not None:  # fixed front-end: its cached features, a random mirror image as augmentation
+                    logits = net.head(fv.views(rows))
+                else:
+                    logits = net(aug(to_input(x[rows])).to(device))
                 loss = obj(logits, rows)
                 # several ranks: each back-propagates its share of the global mean; the shares are summed below
                 (loss * (len(rows) / len(batch)) if world > 1 else loss).backward()
@@ -378,7 +393,11 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
                     torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, 0.0)
     base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     k = cfg.aug_mult
-    stepper = DPStepper(net, base, privacy.noise_multiplier, privacy.max_grad_norm,
+    fe = frontend_of(net)
+    if fe is not None:  # fixed front-end: DP-SGD on its cached features; ``x`` holds row numbers into them
+        fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device)
+        x = torch.arange(len(fs))
+    stepper = DPStepper(net.head if fe is not None else net, base, privacy.noise_multiplier, privacy.max_grad_norm,
                         expected_batch_size=max(1, round(privacy.sample_rate * n)),  # of the global batch
                         physical_batch_size=cfg.physical_batch_size, aug_mult=k,
                         distributed=distributed.world_size() > 1)
@@ -387,6 +406,8 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
         _restore_rank_rng(ckpt[0], cfg, device)
 
     def views(batch: torch.Tensor) -> torch.Tensor:
+        if fe is not None:
+            return fv.views(batch, k)
         return aug(to_input(batch).repeat_interleave(k, dim=0)).to(device)
 
     spe = steps_per_epoch(privacy.sample_rate)

@@ -1,0 +1,144 @@
+"""Scattering-network features (Mallat 2012; Oyallon & Mallat 2015) as a fixed front-end, and ScatterNet models.
+
+Tramer & Boneh (2021, "Differentially Private Learning Needs Better Features") show that under DP-SGD a
+small model on top of *fixed* scattering features beats end-to-end CNNs at the same privacy budget: the
+features cost no privacy (nothing in them is learnt) and the trainable part is small and well conditioned.
+
+:class:`Scattering` is a 2-layer scattering transform with J=2 scales and L=8 orientations, written with
+plain (fixed) convolutions, so that it runs and exports to ONNX like any other layer. The filters follow
+kymatio's ``Scattering2D`` filter bank (Morlet wavelets ``psi`` with sigma 0.8 * 2^j, centre frequency
+3*pi/4 / 2^j, slant 4/L; Gaussian low-pass ``phi`` with sigma 0.8 * 2^(J-1)), sampled in the spatial
+domain and truncated, with reflection padding. A 48x48 face gives 81 channels at 12x12:
+
+* order 0: ``x * phi``, subsampled by 4 (1 channel);
+* order 1: ``|x * psi_{j,t}| * phi`` for j in {0, 1}, 8 orientations (16 channels);
+* order 2: ``||x * psi_{0,t1}| * psi_{1,t2}| * phi`` (64 channels).
+
+The features are not learnt, so the training loop computes them once per image (and its mirror image) and
+trains only :attr:`ScatterNet.head` on them (see ``privfer.train.features``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import conv_gn
+
+J, L = 2, 8
+#: Kernel sizes (odd): the Morlet envelope is at most ~4.5% of its peak at the edge of each.
+PSI_SIZE = {0: 9, 1: 17}
+PHI_SIZE = {1: 11, 2: 7}  # phi at full resolution (sigma 1.6) and at half resolution (sigma 0.8)
+
+
+def gabor(size: int, sigma: float, theta: float, xi: float, slant: float = 1.0) -> np.ndarray:
+    """Complex Gabor filter (kymatio's ``gabor_2d`` without periodisation), centred in a ``size``-square grid."""
+    r = size // 2
+    xx, yy = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    curv = rot @ np.diag([1.0, slant * slant]) @ rot.T / (2 * sigma * sigma)
+    arg = -(curv[0, 0] * xx * xx + (curv[0, 1] + curv[1, 0]) * xx * yy + curv[1, 1] * yy * yy)
+    arg = arg + 1j * xi * (xx * math.cos(theta) + yy * math.sin(theta))
+    return np.exp(arg) / (2 * math.pi * sigma * sigma / slant)
+
+
+def morlet(size: int, sigma: float, theta: float, xi: float, slant: float) -> np.ndarray:
+    """Zero-mean Morlet wavelet: a Gabor filter minus its envelope scaled to cancel the mean."""
+    wave, env = gabor(size, sigma, theta, xi, slant), gabor(size, sigma, theta, 0.0, slant)
+    return wave - wave.sum() / env.sum() * env
+
+
+def _psi_bank(j: int) -> torch.Tensor:
+    """The L wavelets at scale j as real conv weights [2L, 1, k, k]: (real, imaginary) per orientation."""
+    ks = []
+    for t in range(L):
+        theta = (int(L - L / 2 - 1) - t) * math.pi / L
+        w = morlet(PSI_SIZE[j], 0.8 * 2 ** j, theta, 3.0 / 4.0 * math.pi / 2 ** j, 4.0 / L)
+        ks += [w.real, w.imag]
+    return torch.tensor(np.stack(ks), dtype=torch.float32).unsqueeze(1)
+
+
+def _phi(size: int, sigma: float) -> torch.Tensor:
+    g = gabor(size, sigma, 0.0, 0.0).real
+    return torch.tensor(g / g.sum(), dtype=torch.float32)[None, None]
+
+
+class Scattering(nn.Module):
+    """Fixed 2-layer scattering transform: float [N, 1, S, S] in [0, 1] -> [N, 81, S/4, S/4]. No parameters.
+
+    The filters are non-persistent buffers: they are rebuilt from the formulas, never saved or loaded.
+    """
+
+    out_channels = 1 + J * L + L * L
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("psi0", _psi_bank(0), persistent=False)
+        self.register_buffer("psi1", _psi_bank(1), persistent=False)
+        self.register_buffer("phi_full", _phi(PHI_SIZE[1], 0.8 * 2 ** (J - 1)), persistent=False)
+        self.register_buffer("phi_half", _phi(PHI_SIZE[2], 0.8 * 2 ** (J - 2)), persistent=False)
+
+    @staticmethod
+    def _conv(x, w, stride=1):
+        p = w.shape[-1] // 2
+        return F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), w, stride=stride)
+
+    @staticmethod
+    def _modulus(z):  # [N, 2C, H, W] (re, im interleaved) -> [N, C, H, W]
+        n, c2, h, w = z.shape
+        z = z.view(n, c2 // 2, 2, h, w)
+        return torch.sqrt(z[:, :, 0] ** 2 + z[:, :, 1] ** 2 + 1e-12)
+
+    def _low(self, u, w, stride):  # the low-pass of every channel
+        n, c, h, wd = u.shape
+        return self._conv(u.reshape(n * c, 1, h, wd), w, stride).view(n, c, h // stride, wd // stride)
+
+    def forward(self, x):
+        u10 = self._modulus(self._conv(x, self.psi0))                  # j=0: [N, 8, S, S]
+        u11 = self._modulus(self._conv(x, self.psi1, stride=2))        # j=1: [N, 8, S/2, S/2]
+        n, _, h, w = u10.shape  # order 2: every j=0 map through the j=1 wavelets (one channel at a time: faster
+        u2 = self._conv(u10.reshape(n * L, 1, h, w), self.psi1, stride=2)  # than a grouped conv on CPU)
+        u2 = self._modulus(u2.reshape(n, L * 2 * L, h // 2, w // 2))      # [N, 64, S/2, S/2], t1-major
+        s0 = self._low(x, self.phi_full, 4)
+        s10 = self._low(u10, self.phi_full, 4)
+        s_half = self._low(torch.cat([u11, u2], dim=1), self.phi_half, 2)
+        return torch.cat([s0, s10, s_half], dim=1)
+
+
+class ScatterNet(nn.Module):
+    """Fixed :class:`Scattering` front-end + a trainable head: ``linear`` or a small ``cnn`` (Tramer & Boneh 2021).
+
+    The head starts with a non-affine GroupNorm over the 81 scattering channels (27 groups, as in the paper),
+    which normalises each image's features without learning anything. Only :attr:`head` has parameters.
+    """
+
+    def __init__(self, num_classes: int, head: str = "cnn", width: int = 64, dropout: float = 0.0,
+                 input_size: int = 48):
+        super().__init__()
+        c = Scattering.out_channels
+        self.frontend = Scattering()
+        norm = nn.GroupNorm(27, c, affine=False)
+        if head == "linear":
+            layers = [norm, nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * (input_size // 4) ** 2, num_classes)]
+        elif head == "cnn":
+            layers = [norm, conv_gn(c, width), nn.MaxPool2d(2), conv_gn(width, width), nn.MaxPool2d(2),
+                      conv_gn(width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                      nn.Linear(2 * width, num_classes)]
+        else:
+            raise ValueError(f"head must be 'linear' or 'cnn', not {head!r}")
+        self.head = nn.Sequential(*layers)
+        nn.init.zeros_(self.head[-1].weight)  # zero-initialised classifier: a good start under DP noise
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x):
+        return self.head(self.frontend(x))
+
+
+class ScatterLinear(ScatterNet):
+    """:class:`ScatterNet` with a linear head (the cheapest model to train with DP)."""
+
+    def __init__(self, num_classes: int, head: str = "linear", **kwargs):
+        super().__init__(num_classes, head=head, **kwargs)

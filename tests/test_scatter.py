@@ -63,3 +63,12 @@ def test_dp_training_on_scattering_features_learns_and_loads(tiny_fer, tmp_path,
     val = load_faces(f"fer2013:{tiny_fer}@val")
     acc = float((lm.probs(val.pixels).argmax(1) == val.labels).mean())
     assert acc > 0.5  # 7 classes: chance is 1/7; the synthetic classes are easy
+
+
+def test_linear_head_refuses_another_face_size():
+    from privfer.errors import PrivferError
+
+    with pytest.raises(PrivferError, match="48x48"):
+        ScatterNet(7, head="linear")(torch.rand(1, 1, 64, 64))
+    assert ScatterNet(7, head="linear", input_size=64)(torch.rand(2, 1, 64, 64)).shape == (2, 7)
+    assert ScatterNet(7)(torch.rand(2, 1, 64, 64)).shape == (2, 7)  # the CNN head pools globally

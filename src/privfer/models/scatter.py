@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import PrivferError
 from .layers import conv_gn
 
 J, L = 2, 8
@@ -130,10 +131,14 @@ class ScatterNet(nn.Module):
         else:
             raise ValueError(f"head must be 'linear' or 'cnn', not {head!r}")
         self.head = nn.Sequential(*layers)
+        self.input_size = input_size if head == "linear" else None  # the linear head fixes the face size
         nn.init.zeros_(self.head[-1].weight)  # zero-initialised classifier: a good start under DP noise
         nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, x):
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            raise PrivferError(f"scatter-linear was built for {self.input_size}x{self.input_size} faces, got "
+                               f"{x.shape[-2]}x{x.shape[-1]} (set model_kwargs: {{input_size: N}})")
         return self.head(self.frontend(x))
 
 

@@ -29,10 +29,10 @@ def main() -> None:
     stepper = DPStepper(net, torch.optim.SGD(net.parameters(), 0.1), 1.0, 1.0, b, physical_batch_size=b)
     idx = torch.arange(b)
     for _ in range(2):  # warm-up
-        stepper.step(x, obj, idx, to_input)
+        stepper.step(obj, idx, lambda rows: to_input(x[rows]))
     with profile() as prof:
         for _ in range(3):
-            stepper.step(x, obj, idx, to_input)
+            stepper.step(obj, idx, lambda rows: to_input(x[rows]))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 

@@ -110,7 +110,7 @@ def test_each_clipped_example_gradient_is_at_most_C(k):
     x = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
     obj = Objective(torch.tensor([0, 1, 2, 3]))
     for i in range(4):  # one example per step: the released gradient is that example's clipped gradient
-        stepper.step(x, obj, torch.tensor([i]), lambda b: (b.float() / 255).unsqueeze(1).repeat_interleave(k, 0))
+        stepper.step(obj, torch.tensor([i]), lambda r: (x[r].float() / 255).unsqueeze(1).repeat_interleave(k, 0))
         norm = torch.sqrt(sum((p.grad ** 2).sum() for p in net.parameters()))
         assert 0 < float(norm) <= C * (1 + 1e-4)
 

@@ -120,6 +120,7 @@ def run_infer_bench(json: bool = False, frames: int = 90, detector: str = "cente
 
     ``end_to_end_fps`` uses ``predict``'s defaults; ``end_to_end_fps_fast`` adds :data:`FAST`.
     """
+    from ..models.registry import count_flops
     from .analyzer import Analyzer
 
     model, model_desc = _bench_model()
@@ -145,6 +146,7 @@ def run_infer_bench(json: bool = False, frames: int = 90, detector: str = "cente
         "model": model_desc,
         "backend": backend,
         "detector": repr(det),
+        "model_mflops_per_face": round(count_flops(model.net, s) / 1e6, 1),
         "faces_in_bench_frame": n_faces,
         "detect_ms_640x480": round(detect_ms, 2),
         "classify_faces_per_s_batch1": round(1000.0 / ms1, 1),

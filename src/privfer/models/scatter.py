@@ -129,7 +129,7 @@ class ScatterNet(nn.Module):
                       conv_gn(width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                       nn.Linear(2 * width, num_classes)]
         else:
-            raise ValueError(f"head must be 'linear' or 'cnn', not {head!r}")
+            raise PrivferError(f"scatter head must be 'linear' or 'cnn', not {head!r}")
         self.head = nn.Sequential(*layers)
         self.input_size = input_size if head == "linear" else None  # the linear head fixes the face size
         nn.init.zeros_(self.head[-1].weight)  # zero-initialised classifier: a good start under DP noise

@@ -58,7 +58,7 @@ def run_train_bench(model: str = DEFAULT_MODEL, batch_size: int = 256, steps: in
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        stepper.step(x, obj, next(gen), lambda b: aug(to_input(b).repeat_interleave(aug_mult, 0)))
+        stepper.step(obj, next(gen), lambda rows: aug(to_input(x[rows]).repeat_interleave(aug_mult, 0)))
     dp = steps * batch_size / (time.perf_counter() - t0)
     return {"model": model, "batch_size": batch_size, "threads": torch.get_num_threads(), "aug_mult": aug_mult,
             "nonprivate_images_per_s": round(nonprivate, 1), "dp_images_per_s": round(dp, 1),

@@ -53,11 +53,12 @@ class DPStepper:
         self.k = aug_mult
         self.chunk = max(1, physical_batch_size // aug_mult)
 
-    def step(self, x: torch.Tensor, objective: Objective, idx: torch.Tensor,
+    def step(self, objective: Objective, idx: torch.Tensor,
              views: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, int, int]:
-        """One logical step on the examples ``idx`` (a Poisson sample) of the uint8 faces ``x``.
+        """One logical step on the examples ``idx`` (a Poisson sample, row numbers of the training set).
 
-        ``views(batch)`` returns K augmented float views per example, ``[b*K, 1, S, S]`` (example-major).
+        ``views(rows)`` returns K augmented model inputs per example of ``rows``, ``[b*K, ...]`` (example-major):
+        views of the faces, or of a fixed front-end's cached features.
         Returns (summed loss over views, correct predictions over views, number of views).
         """
         self.opt.zero_grad(set_to_none=True)
@@ -70,7 +71,7 @@ class DPStepper:
         chunks = torch.split(idx, self.chunk)
         loss_sum, correct, seen = 0.0, 0, 0
         for i, rows in enumerate(chunks):
-            xs = views(x[rows])
+            xs = views(rows)
             out = self.gsm(xs)
             loss = objective(out, rows, self.k)
             loss.backward()

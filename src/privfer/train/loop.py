@@ -26,7 +26,7 @@ from torch import nn
 from ..data.cache import FaceSet, load_faces
 from ..data.spec import parse_spec
 from ..errors import PrivferError
-from ..models.io import LoadedModel, save_weights, write_json_atomic
+from ..models.io import LoadedModel, save_weights, softmax, write_json_atomic
 from ..models.registry import build_model
 from . import distributed
 from .augment import Augment
@@ -125,16 +125,20 @@ class EMA:
             e.lerp_(p.detach(), 1.0 - d)
 
 
-def val_metrics(net: nn.Module, val: FaceSet | None, classes, features: torch.Tensor | None = None) -> dict:
-    """Loss and accuracy of ``net`` on the fixed, un-augmented validation set (``features``: its front-end's
-    precomputed output, for models with one)."""
-    if val is None:
+def val_logits(net: nn.Module, data: Data) -> np.ndarray:
+    """Logits of ``net`` on the fixed, un-augmented validation set (from the cached front-end features when
+    the model has a fixed front-end)."""
+    if data.val_features is not None:
+        return head_logits(net, data.val_features).cpu().numpy()
+    return LoadedModel(net, {"classes": list(data.classes)}).logits(data.val.pixels)
+
+
+def val_metrics(net: nn.Module, data: Data) -> dict:
+    """Loss and accuracy of ``net`` on the validation set."""
+    if data.val is None:
         return {"val_loss": None, "val_acc": None}
-    if features is not None:
-        logits = head_logits(net, features).cpu()
-    else:
-        logits = torch.from_numpy(LoadedModel(net, {"classes": list(classes)}).logits(val.pixels))
-    y = torch.from_numpy(val.labels)
+    logits = torch.from_numpy(val_logits(net, data))
+    y = torch.from_numpy(data.val.labels)
     return {"val_loss": float(nn.functional.cross_entropy(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
 
 
@@ -308,7 +312,7 @@ def _end_epoch(cfg, data, net, ema, opt, rng, st, out, stage, sums, privacy, lr,
     if not distributed.is_main():
         return
     m = {"stage": stage, "epoch": st["epoch"], "step": st["global_step"], "train_loss": train_loss,
-         "train_acc": train_acc, **val_metrics(ema.net, data.val, data.classes, data.val_features),
+         "train_acc": train_acc, **val_metrics(ema.net, data),
          "epsilon": privacy.epsilon() if (privacy is not None and stage == "private") else None,
          "lr": lr, "time_s": st["elapsed_s"]}
     with open(out / "metrics.jsonl", "a") as fh:
@@ -394,9 +398,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     k = cfg.aug_mult
     fe = frontend_of(net)
-    if fe is not None:  # fixed front-end: DP-SGD on its cached features; ``x`` holds row numbers into them
-        fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device)
-        x = torch.arange(len(fs))
+    fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device) if fe is not None else None
     stepper = DPStepper(net.head if fe is not None else net, base, privacy.noise_multiplier, privacy.max_grad_norm,
                         expected_batch_size=max(1, round(privacy.sample_rate * n)),  # of the global batch
                         physical_batch_size=cfg.physical_batch_size, aug_mult=k,
@@ -405,10 +407,10 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
         restore(ckpt[1], ckpt[0], net, ema.net, base, rng)
         _restore_rank_rng(ckpt[0], cfg, device)
 
-    def views(batch: torch.Tensor) -> torch.Tensor:
-        if fe is not None:
-            return fv.views(batch, k)
-        return aug(to_input(batch).repeat_interleave(k, dim=0)).to(device)
+    def views(rows: torch.Tensor) -> torch.Tensor:
+        if fv is not None:  # fixed front-end: DP-SGD on its cached features
+            return fv.views(rows, k)
+        return aug(to_input(x[rows]).repeat_interleave(k, dim=0)).to(device)
 
     spe = steps_per_epoch(privacy.sample_rate)
     epochs = math.ceil(privacy.planned_steps / spe)
@@ -423,7 +425,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
                 g["lr"] = lr
             # the global Poisson batch (every rank draws the same), then this rank's examples of it
             idx = _own(torch.from_numpy(np.flatnonzero(rng.random(n) < privacy.sample_rate)))
-            ls, c, s = stepper.step(x, obj, idx, views)
+            ls, c, s = stepper.step(obj, idx, views)
             privacy.record_step()
             ema.update(net)
             st["stage_step"] += 1
@@ -454,11 +456,9 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
         from ..eval.calibrate import fit_temperature, fit_threshold
         from ..taxonomy import negative_mask
 
-        lm = LoadedModel(final, {"classes": list(data.classes)})
-        logits = lm.logits(data.val.pixels)
+        logits = val_logits(final, data)
         t = fit_temperature(logits, data.val.labels)
-        lm.card["temperature"] = t
-        neg = lm.negative_score(lm.probs(data.val.pixels))
+        neg = LoadedModel(final, {"classes": list(data.classes)}).negative_score(softmax(logits, t))
         is_neg = np.array(negative_mask(data.classes))[data.val.labels]
         calib = {"temperature": float(t), "negative_threshold": float(fit_threshold(neg, is_neg, cfg.negative_recall)),
                  "calibrated_on": data.val.spec}

@@ -153,3 +153,30 @@ def test_fit_threshold_errors():
         fit_threshold(NEG_SCORES, IS_NEG, recall_target=1.5)
     with pytest.raises(PrivferError):
         fit_threshold([], [])
+
+
+def test_fit_class_bias_lifts_a_rare_class_and_keeps_accuracy():
+    from privfer.eval.calibrate import fit_class_bias
+    from privfer.models.io import softmax
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(900, int), np.ones(900, int), np.full(60, 2)]  # class 2 is rare
+    z = rng.normal(0, 1, (len(y), 3))
+    z[np.arange(len(y)), y] += 1.5
+    z[:, 2] -= 1.5  # a model that learnt the rare class's low prior: seldom predicts it
+    rec = lambda p: [(p[y == c] == c).mean() for c in range(3)]  # noqa: E731
+    before = z.argmax(1)
+    for objective in ("mixed", "balanced"):
+        b = fit_class_bias(z, y, objective)
+        assert b.shape == (3,) and abs(b.mean()) < 1e-9 and b[2] > b[0]
+        after = (z + b).argmax(1)
+        assert rec(after)[2] > rec(before)[2] + 0.1
+        assert np.mean(rec(after)) > np.mean(rec(before))
+        np.testing.assert_array_equal(b, fit_class_bias(z, y, objective))  # deterministic
+    mixed = (z + fit_class_bias(z, y, "mixed")).argmax(1)
+    assert (mixed == y).mean() >= (before == y).mean() - 0.02
+    np.testing.assert_allclose(softmax(z, 2.0, b), softmax(z / 2.0 + b))
+    with pytest.raises(PrivferError, match="objective"):
+        fit_class_bias(z, y, "accuracy")
+    with pytest.raises(PrivferError, match="labels"):
+        fit_class_bias(z, y[:-1])

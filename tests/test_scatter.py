@@ -72,3 +72,26 @@ def test_linear_head_refuses_another_face_size():
         ScatterNet(7, head="linear")(torch.rand(1, 1, 64, 64))
     assert ScatterNet(7, head="linear", input_size=64)(torch.rand(2, 1, 64, 64)).shape == (2, 7)
     assert ScatterNet(7)(torch.rand(2, 1, 64, 64)).shape == (2, 7)  # the CNN head pools globally
+
+
+def test_online_augmentation_and_class_bias_reach_the_card(tiny_fer, tmp_path):
+    """feature_cache: false runs the front-end on transformed faces in both stages; class offsets are fit
+    on validation, stored in the card and used by LoadedModel.probs."""
+    from privfer.errors import PrivferError
+
+    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", public_split=0.3, model="scatter-linear",
+                                     feature_cache=False, class_bias="balanced", public_epochs=1, epochs=1,
+                                     epsilon=8.0, delta=1e-3, batch_size=70, physical_batch_size=64, seed=0,
+                                     threads=1, out=str(tmp_path / "run")))
+    run = train(cfg, progress=False, log=lambda *_: None)
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["class_bias_objective"] == "balanced" and len(card["class_bias"]) == 7
+    lm = load_model(str(run / "model.safetensors"))
+    from privfer.data.cache import load_faces
+    from privfer.models.io import softmax
+    val = load_faces(f"fer2013:{tiny_fer}@val")
+    z = lm.logits(val.pixels)
+    np.testing.assert_allclose(lm.probs(val.pixels), softmax(z, card["temperature"], np.array(card["class_bias"])),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(PrivferError, match="class_bias"):
+        TrainConfig.from_dict(dict(private="x:y", class_bias="yes"))

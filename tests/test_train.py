@@ -184,3 +184,24 @@ def test_privacy_state_never_steps_past_plan():
     with pytest.raises(PrivferError, match="refusing step"):
         ps.record_step()
     assert np.isfinite(ps.noise_multiplier)
+
+
+def test_duplicate_private_images_are_trained_on_once(tiny_fer, tmp_path):
+    """DP covers each record; an image present twice would be covered only at 2*epsilon. privfer trains on each
+    distinct image once (content hash) and says so in the card; --no-dedupe keeps every record."""
+    import shutil
+
+    src = next((tiny_fer / "train" / "happy").glob("*.jpg"))
+    for i in range(3):  # the same pixels under three more names
+        shutil.copy(src, src.with_name(f"Training_9999999{i}.jpg"))
+    base = dict(private=f"fer2013:{tiny_fer}", model="cnn", epochs=1, batch_size=64, physical_batch_size=64,
+                delta=1e-3, threads=1, augment=False)
+    run = train(TrainConfig.from_dict({**base, "out": str(tmp_path / "a")}), progress=False, log=lambda *_: None)
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["private_data"]["n"] == 140 and card["private_data"]["duplicates_dropped"] == 3
+    assert "each distinct image" in card["guarantee"]
+    run = train(TrainConfig.from_dict({**base, "dedupe": False, "out": str(tmp_path / "b")}), progress=False,
+                log=lambda *_: None)
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["private_data"]["n"] == 143 and "duplicates_dropped" not in card["private_data"]
+    assert "k*epsilon" in card["guarantee"]

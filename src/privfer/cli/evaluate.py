@@ -36,6 +36,9 @@ def format_summary(r: dict) -> str:
         f"model     {r['model']}" + (f"  (tta: {r['tta']})" if r["tta"] != "none" else ""),
         f"data      {r['data']}  n={r['n']}" + (f"  dropped (class not in model): {dropped}" if dropped else ""),
         f"accuracy  {r['accuracy']:.2%}  (majority baseline {r['majority_baseline']:.2%}: {r['majority_class']})",
+        *([f"          {r['accuracy_without_class_bias']:.2%} without the card's class offsets "
+           f"({', '.join(f'{c} {b:+.2f}' for c, b in zip(r['classes'], r['class_bias']))})"]
+          if any(r.get("class_bias") or []) else []),
         f"balanced accuracy {r['balanced_accuracy']:.2%}   macro-F1 {r['macro_f1']:.3f}",
         f"loss      {r['loss']:.4f} per example at temperature {r['temperature']:.3g}"
         f" ({r['loss_uncalibrated']:.4f} at temperature 1)",

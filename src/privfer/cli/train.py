@@ -29,8 +29,17 @@ def add_parser(sub) -> None:
     p.add_argument("--public-lr", type=float)
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-dedupe", action="store_true",
+                   help="train on every record of the private data, duplicate images included (the guarantee then "
+                        "covers each record: an image present k times only at k*epsilon)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="models with a fixed front-end: run it on randomly transformed faces at every step "
+                        "(full augmentation, slower) instead of training on cached features of each face and its mirror")
     p.add_argument("--labels", choices=["majority", "votes"])
     p.add_argument("--negative-recall", type=float, help="fit the negative threshold to meet this validation recall")
+    p.add_argument("--class-bias", choices=["off", "mixed", "balanced"],
+                   help="per-class logit offsets fit on validation: mixed maximises accuracy + balanced accuracy, "
+                        "balanced the mean per-class recall (default off)")
     p.add_argument("--limit", type=int, help="use only the first N training samples")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
@@ -54,7 +63,9 @@ def run(args) -> int:
         "physical_batch_size": args.physical_batch_size, "max_grad_norm": args.max_grad_norm,
         "aug_mult": args.aug_mult, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
         "augment": False if args.no_augment else None, "labels": args.labels,
-        "negative_recall": args.negative_recall, "limit": args.limit, "seed": args.seed, "threads": args.threads,
+        "feature_cache": False if args.no_feature_cache else None, "dedupe": False if args.no_dedupe else None,
+        "negative_recall": args.negative_recall, "class_bias": args.class_bias, "limit": args.limit,
+        "seed": args.seed, "threads": args.threads,
         "device": args.device,
     }
     if args.public and not args.private and not args.public_split and not args.config:

@@ -67,6 +67,15 @@ class FaceSet:
             None if self.orig_sizes is None else self.orig_sizes[idx],
         )
 
+    def unique(self) -> "FaceSet":
+        """The first example of each distinct image (content hash), in order; ``dropped["duplicate image"]``
+        counts the others."""
+        _, first = np.unique(self.hashes, return_index=True)
+        out = self.subset(np.sort(first))
+        if len(out) < len(self):
+            out.dropped["duplicate image"] = out.dropped.get("duplicate image", 0) + len(self) - len(out)
+        return out
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.classes))
         return {c: int(n) for c, n in zip(self.classes, counts)}

@@ -90,7 +90,8 @@ def training_hashes(card: dict, source: str = "model card", progress: bool = Fal
 
     if not isinstance(card.get("config"), dict):
         raise PrivferError(f"{source}: the model card records no training config, so membership cannot be checked")
-    cfg = TrainConfig.from_dict(card["config"], source=f"{source} (config)")
+    # cards written before privfer deduplicated private data record no `dedupe`: they trained on every record
+    cfg = TrainConfig.from_dict({"dedupe": False, **card["config"]}, source=f"{source} (config)")
     data = prepare_data(cfg, progress=progress)
     out = {}
     for name, fs in (("private", data.private), ("public", data.public)):

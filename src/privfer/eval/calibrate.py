@@ -1,6 +1,8 @@
-"""Post-hoc calibration on a validation split: softmax temperature and the negative-score threshold.
+"""Post-hoc calibration on a validation split: softmax temperature, per-class logit offsets and the
+negative-score threshold.
 
-Training calls both at its end and stores ``temperature`` and ``negative_threshold`` in the model card.
+Training calls them at its end and stores ``temperature``, ``class_bias`` and ``negative_threshold`` in
+the model card; probabilities are then ``softmax(logits / temperature + class_bias)``.
 """
 from __future__ import annotations
 
@@ -86,3 +88,47 @@ def fit_threshold(neg_scores, is_negative, recall_target: float | None = None) -
         raise PrivferError(f"negative recall target must be in (0, 1], got {recall_target}")
     # recall grows as the threshold falls: take the first (highest) threshold that reaches the target
     return float(thresholds[int(np.argmax(tp / positives >= recall_target))])
+
+
+#: Objectives of :func:`fit_class_bias` and the weight each puts on balancing the classes.
+BIAS_OBJECTIVES = {"mixed": 0.5, "balanced": 1.0}
+
+
+def fit_class_bias(logits, labels, objective: str = "mixed", iters: int = 50) -> np.ndarray:
+    """Per-class offsets ``b`` (mean 0) added to calibrated logits, fit on validation data.
+
+    A model learns the class frequencies of its training data, so rare classes (FER2013's disgust is 1.5%
+    of it) are seldom predicted. ``b`` minimises a class-weighted cross-entropy of ``softmax(logits + b)``:
+    each example weighs ``(1 - a) / N + a / (K * N_c)`` (``N_c`` examples of its class, ``K`` classes),
+    with ``a`` = 1 for ``balanced`` (every class counts the same) and 0.5 for ``mixed`` (half the usual
+    loss, half the balanced one; it keeps accuracy close to the unshifted model's). The loss is convex
+    in ``b``; Newton's method finds its minimum deterministically. With only K numbers to fit it barely
+    overfits the validation set (``benchmarks/class_bias_crossfit.py`` measures it by cross-fitting).
+    """
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64).ravel()
+    if z.ndim != 2 or len(z) == 0 or len(y) != len(z):
+        raise PrivferError(f"fit_class_bias needs logits [N, C] with N > 0 and N labels, got {z.shape} and {len(y)}")
+    if objective not in BIAS_OBJECTIVES:
+        raise PrivferError(f"class bias objective must be one of {', '.join(BIAS_OBJECTIVES)}, got {objective!r}")
+    if not np.isfinite(z).all():
+        raise PrivferError("fit_class_bias: logits contain NaN or infinity")
+    k, a = z.shape[1], BIAS_OBJECTIVES[objective]
+    counts = np.bincount(y, minlength=k)
+    w = ((1 - a) / len(y) + a / (np.count_nonzero(counts) * np.maximum(counts, 1)))[y]
+    onehot = np.eye(k)[y]
+    b = np.zeros(k)
+    for _ in range(iters):
+        p = softmax_rows(z + b)
+        grad = w @ (p - onehot)
+        hess = np.diag(w @ p) - (p * w[:, None]).T @ p + 1e-9 * np.eye(k)
+        step = np.clip(np.linalg.solve(hess, grad), -1.0, 1.0)  # damped: a class absent from `labels` drifts down
+        b = b - step
+        if np.abs(step).max() < 1e-10:
+            break
+    return b - b.mean()
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -82,7 +82,8 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
     pixels = fs.pixels[keep]
 
     logits = lm.logits(pixels, batch_size=batch_size, tta=mode == "flip")[:, cols].astype(np.float64)
-    probs = softmax(logits, lm.temperature)
+    bias = lm.class_bias[cols]
+    probs = softmax(logits, lm.temperature, bias)
     pred = probs.argmax(axis=1)
     cm = M.confusion_matrix(y, pred, len(shared))
     pc = M.per_class(cm)
@@ -105,6 +106,8 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
         "loss": M.cross_entropy(probs, y),
         "loss_uncalibrated": M.cross_entropy(softmax(logits, 1.0), y),
         "temperature": lm.temperature,
+        "class_bias": bias.tolist(),
+        "accuracy_without_class_bias": float((logits.argmax(axis=1) == y).mean()),
         "macro_f1": M.macro_f1(cm),
         "balanced_accuracy": M.balanced_accuracy(cm),
         "majority_baseline": M.majority_baseline(cm),

@@ -233,7 +233,7 @@ def _command(run: RunSummary) -> str:
 
 
 def _results_markdown(runs: list[RunSummary]) -> str:
-    header = ["model", "validation accuracy", "macro-F1", "negative AUROC",
+    header = ["model", "validation accuracy", "without class offsets", "macro-F1", "negative AUROC",
               *[f"{c} recall" for c in FOCUS_CLASSES], "ε", "δ", "training time", "command"]
     rows = []
     for r in runs:
@@ -242,6 +242,7 @@ def _results_markdown(runs: list[RunSummary]) -> str:
         rows.append([
             r.name,
             _pct(v["accuracy"]) if v else r.val_note,
+            _pct(v["accuracy_without_class_bias"]) if v and any(v.get("class_bias") or []) else NA,
             _num(v["macro_f1"], ".3f") if v else NA,
             _num(v["negative"]["auroc"], ".3f") if v else NA,
             *[_recall(v, c) for c in FOCUS_CLASSES],

@@ -140,17 +140,27 @@ class LoadedModel:
         n = len(self.classes)
         return np.concatenate(out) if out else np.zeros((0, n), np.float32)
 
+    @property
+    def class_bias(self) -> np.ndarray:
+        """Per-class logit offsets fit on validation data (zeros for a card without them)."""
+        b = self.card.get("class_bias")
+        return np.zeros(len(self.classes)) if b is None else np.asarray(b, np.float64)
+
     def probs(self, pixels: np.ndarray, batch_size: int = 512, tta: bool = False, calibrated: bool = True) -> np.ndarray:
-        """Class probabilities, temperature-scaled with the card's temperature when ``calibrated``."""
-        return softmax(self.logits(pixels, batch_size, tta), self.temperature if calibrated else 1.0)
+        """Class probabilities; when ``calibrated``, ``softmax(logits / temperature + class_bias)`` with the card's."""
+        z = self.logits(pixels, batch_size, tta)
+        return softmax(z, self.temperature, self.class_bias) if calibrated else softmax(z)
 
     def negative_score(self, probs: np.ndarray) -> np.ndarray:
         """Probability mass on the negative classes (anger, disgust, fear, sadness, contempt)."""
         return probs[:, np.array(negative_mask(self.classes))].sum(axis=1)
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0, bias: np.ndarray | None = None) -> np.ndarray:
+    """``softmax(logits / temperature + bias)`` over the last axis."""
     z = logits / max(temperature, 1e-6)
+    if bias is not None:
+        z = z + bias
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

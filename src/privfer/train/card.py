@@ -23,6 +23,8 @@ def _describe(fs, subset: str | None = None) -> dict | None:
     if fs is None:
         return None
     d = {"spec": fs.spec, "n": len(fs), "data_hash": fs.data_hash(), "class_counts": fs.class_counts()}
+    if fs.dropped.get("duplicate image"):
+        d["duplicates_dropped"] = fs.dropped["duplicate image"]
     if subset:
         d["subset"] = subset
     return d
@@ -37,7 +39,9 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
     # --public-split: both sets come from one spec; say which part (by content hash) each one is
     split_note = f" (split by content hash, public fraction {cfg.public_split})" if cfg.public_split else None
     if privacy is not None:
-        guarantee = (f"(epsilon={eps:.3f}, delta={privacy.delta:g})-DP with respect to each example of the private "
+        unit = ("each distinct image (content hash; duplicates were trained on once)" if cfg.dedupe else
+                "each example (an image present k times is covered only at k*epsilon)")
+        guarantee = (f"(epsilon={eps:.3f}, delta={privacy.delta:g})-DP with respect to {unit} of the private "
                      f"data {data.private.spec}{split_note or ''} (target epsilon {privacy.epsilon_target})")
     else:
         guarantee = "none: no differential privacy was used"
@@ -71,6 +75,8 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "train_metrics_note": "train_loss/train_acc in metrics.jsonl are computed on the training data without noise: "
                               "share them only as far as that data may be shared",
         "temperature": calib["temperature"],
+        "class_bias": calib.get("class_bias"),
+        "class_bias_objective": None if calib.get("class_bias") is None else cfg.class_bias,
         "negative_threshold": calib["negative_threshold"],
         "negative_recall_target": cfg.negative_recall,
         "calibrated_on": calib["calibrated_on"],

@@ -19,6 +19,8 @@ class TrainConfig:
     public_split: float | None = None   # carve this fraction of `private` out as public, by content hash
     val: str | None = None              # validation spec; default: the `val` split of the training dataset
     limit: int | None = None            # use only the first N training samples (quick runs, tests)
+    dedupe: bool = True                 # private data: each distinct image (content hash) once, so that the
+                                        # guarantee holds per image, not per record (k copies: only k*epsilon)
     labels: str = "majority"            # majority | votes (soft targets where the dataset has votes)
     input_size: int = 48
     # model
@@ -45,9 +47,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # both stages
     augment: bool = True
+    feature_cache: bool = True          # fixed front-ends: cached features of each face and its mirror (fast);
+                                        # false: the front-end runs on randomly transformed faces every step
     warmup_frac: float = 0.05           # linear warm-up, then cosine decay to 0
     ema_decay: float = 0.99
     negative_recall: float | None = None  # threshold meets this recall on validation (else: max F1)
+    class_bias: str = "off"             # off | mixed | balanced: per-class logit offsets fit on validation
     select: str = "best"                # best (validation accuracy of EMA weights) | last
     seed: int = 0
     threads: int | None = None
@@ -99,6 +104,8 @@ class TrainConfig:
             raise PrivferError("optimizer must be sgd or adamw")
         if self.labels not in ("majority", "votes"):
             raise PrivferError(f"labels must be majority or votes, got {self.labels!r}")
+        if self.class_bias not in ("off", "mixed", "balanced"):
+            raise PrivferError(f"class_bias must be off, mixed or balanced, got {self.class_bias!r}")
         if self.select not in ("best", "last"):
             raise PrivferError(f"select must be best or last, got {self.select!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -64,6 +64,10 @@ def prepare_data(cfg: TrainConfig, progress: bool = False) -> Data:
     if cfg.limit:  # the first N of a fixed shuffle (files are sorted by class, so plain first-N is one class)
         public = _first(public, cfg.limit)
         private = _first(private, cfg.limit)
+    if private is not None and cfg.dedupe:
+        # DP protects each *record*: an image present k times is only (k*eps)-protected (group privacy).
+        # Training on each distinct image once makes the guarantee hold per image.
+        private = private.unique()
     if public is not None and private is not None:
         if public.classes != private.classes:
             raise PrivferError(f"public classes {public.classes} differ from private classes {private.classes}")
@@ -224,6 +228,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
         write_json_atomic(out / "environment.json", environment(cfg.seed))
     log(f"privfer train: {len(data.classes)} classes; public={len(data.public) if data.public is not None else 0} "
         f"private={len(data.private) if data.private is not None else 0} val={len(data.val) if data.val is not None else 0}")
+    if data.private is not None and data.private.dropped.get("duplicate image"):
+        log(f"private data: {data.private.dropped['duplicate image']} duplicate images (content hash) dropped: "
+            "each distinct image is trained on once")
     if distributed.world_size() > 1:
         log(f"distributed: {distributed.world_size()} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
             "one global batch, noise added once (rank 0)")
@@ -335,7 +342,7 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
     world = distributed.world_size()
     x = torch.from_numpy(fs.pixels)
     fe = frontend_of(net)
-    fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device) if fe is not None else None
+    fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device) if fe is not None and cfg.feature_cache else None
     obj = Objective(torch.from_numpy(fs.labels).to(device),
                     torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing)
     opt = make_optimizer(cfg.public_optimizer, net.parameters(), cfg.public_lr, cfg.momentum, cfg.public_weight_decay)
@@ -398,7 +405,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     k = cfg.aug_mult
     fe = frontend_of(net)
-    fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device) if fe is not None else None
+    fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device) if fe is not None and cfg.feature_cache else None
     stepper = DPStepper(net.head if fe is not None else net, base, privacy.noise_multiplier, privacy.max_grad_norm,
                         expected_batch_size=max(1, round(privacy.sample_rate * n)),  # of the global batch
                         physical_batch_size=cfg.physical_batch_size, aug_mult=k,
@@ -410,7 +417,11 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     def views(rows: torch.Tensor) -> torch.Tensor:
         if fv is not None:  # fixed front-end: DP-SGD on its cached features
             return fv.views(rows, k)
-        return aug(to_input(x[rows]).repeat_interleave(k, dim=0)).to(device)
+        faces = aug(to_input(x[rows]).repeat_interleave(k, dim=0)).to(device)
+        if fe is not None:  # fixed front-end on freshly transformed faces (nothing to learn, no gradient)
+            with torch.no_grad():
+                return fe(faces)
+        return faces
 
     spe = steps_per_epoch(privacy.sample_rate)
     epochs = math.ceil(privacy.planned_steps / spe)
@@ -442,7 +453,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
 
 
 def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
-    """Select weights (validation only), calibrate temperature and threshold on validation, write the card."""
+    """Select weights (validation only), calibrate temperature, class offsets and threshold on validation, write the card."""
     from safetensors.torch import load_file
 
     final = ema.net
@@ -451,16 +462,18 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
         final = copy.deepcopy(ema.net)
         final.load_state_dict(load_file(str(out / "best.safetensors")))
         selected = f"best validation accuracy ({st['best_val_acc']:.4f}) on {data.val.spec}"
-    calib = {"temperature": 1.0, "negative_threshold": 0.5, "calibrated_on": None}
+    calib = {"temperature": 1.0, "class_bias": None, "negative_threshold": 0.5, "calibrated_on": None}
     if data.val is not None:
-        from ..eval.calibrate import fit_temperature, fit_threshold
+        from ..eval.calibrate import fit_class_bias, fit_temperature, fit_threshold
         from ..taxonomy import negative_mask
 
         logits = val_logits(final, data)
         t = fit_temperature(logits, data.val.labels)
-        neg = LoadedModel(final, {"classes": list(data.classes)}).negative_score(softmax(logits, t))
+        bias = None if cfg.class_bias == "off" else fit_class_bias(logits / t, data.val.labels, cfg.class_bias)
+        neg = LoadedModel(final, {"classes": list(data.classes)}).negative_score(softmax(logits, t, bias))
         is_neg = np.array(negative_mask(data.classes))[data.val.labels]
-        calib = {"temperature": float(t), "negative_threshold": float(fit_threshold(neg, is_neg, cfg.negative_recall)),
+        calib = {"temperature": float(t), "class_bias": None if bias is None else [float(v) for v in bias],
+                 "negative_threshold": float(fit_threshold(neg, is_neg, cfg.negative_recall)),
                  "calibrated_on": data.val.spec}
     card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size())
     save_weights(final.state_dict(), out / "model.safetensors")

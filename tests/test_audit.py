@@ -227,4 +227,6 @@ def test_report_lists_audits(overfit, tmp_path, capsys):
     md = make_report([run], tmp_path / "report").read_text()
     assert "### Membership-inference audits" in md
     row = next(line for line in md.splitlines() if line.startswith("| run | loss |"))
-    assert f"| {r['auc']:.3f} |" in row and "| 42 / 42 |" in row
+    lo, hi = r["auc_ci"]
+    assert lo < r["auc"] < hi
+    assert f"| {r['auc']:.3f} ({lo:.3f}-{hi:.3f}) |" in row and "| 42 / 42 |" in row

@@ -180,3 +180,21 @@ def test_fit_class_bias_lifts_a_rare_class_and_keeps_accuracy():
         fit_class_bias(z, y, "accuracy")
     with pytest.raises(PrivferError, match="labels"):
         fit_class_bias(z, y[:-1])
+
+
+def test_auroc_ci_is_delong_on_pairwise_comparisons():
+    """The interval's variance equals DeLong's, computed here by brute force over all (positive, negative) pairs."""
+    from statistics import NormalDist
+
+    rng = np.random.default_rng(1)
+    y = rng.random(60) < 0.4
+    s = np.round(rng.normal(0, 1, 60) + 0.8 * y, 1)  # rounded: ties across and within classes
+    psi = (s[y][:, None] > s[~y][None, :]) + 0.5 * (s[y][:, None] == s[~y][None, :])
+    v10, v01 = psi.mean(1), psi.mean(0)
+    se = np.sqrt(v10.var(ddof=1) / y.sum() + v01.var(ddof=1) / (~y).sum())
+    lo, hi = M.auroc_ci(y, s, 0.9)
+    assert (lo + hi) / 2 == pytest.approx(M.auroc(y, s)) == pytest.approx(psi.mean())
+    assert hi - lo == pytest.approx(2 * NormalDist().inv_cdf(0.95) * se)
+    assert M.auroc_ci(np.r_[True, False, False], [1.0, 0.0, 0.5]) is None  # one positive: no variance
+    lo, hi = M.auroc_ci(np.r_[np.ones(5, bool), np.zeros(5, bool)], np.arange(10.0)[::-1])
+    assert hi == 1.0 and lo == 1.0  # perfect separation: zero variance, clipped

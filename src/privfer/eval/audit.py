@@ -464,6 +464,7 @@ def attack_metrics(member_scores, non_member_scores, delta: float = 0.0, confide
     lb = epsilon_lower_bound(tp, fp, len(sm), len(sn), delta, confidence)
     return {
         "auc": M.auroc(y, np.r_[sm, sn]),
+        "auc_ci": M.auroc_ci(y, np.r_[sm, sn], confidence),
         "tpr_at_fpr": {str(a): float(tpr[fpr <= a].max()) for a in FPR_POINTS},
         "fpr_resolution": 1.0 / len(sn),
         "balanced_accuracy": float(((tpr + 1 - fpr) / 2).max()),
@@ -604,7 +605,9 @@ def format_summary(r: dict) -> str:
         lines.append(f"shadows   {s['n']} ({s['reused']} reused, {s['trained']} trained) on halves of a population of "
                      f"{s['population']}: {s['recipe']}; cache {s['cache']}")
     lines += [
-        f"AUC       {num(r['auc'])}   balanced attack accuracy {r['balanced_accuracy']:.3f}",
+        f"AUC       {num(r['auc'])}" + (f" ({r['confidence']:.0%} CI {r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f}, DeLong)"
+                                         if r.get("auc_ci") else "")
+        + f"   balanced attack accuracy {r['balanced_accuracy']:.3f}",
         f"TPR       {t['0.01']:.2%} at 1% FPR, {t['0.001']:.2%} at 0.1% FPR"
         f"  (FPR resolution {r['fpr_resolution']:.2g})",
         f"epsilon   >= {r['epsilon_lower_bound']:.3f} measured ({r['confidence']:.0%} Clopper-Pearson, delta={r['delta']:g});"

@@ -129,6 +129,34 @@ def auroc(is_pos, scores) -> float | None:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``, ties sharing the mean of their ranks."""
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inv.ravel()]
+
+
+def auroc_ci(is_pos, scores, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Two-sided confidence interval for :func:`auroc` (DeLong et al. 1988: the variance of the
+    Mann-Whitney statistic from its per-example components, normal approximation), clipped to [0, 1].
+    ``None`` when only one class is present or either class has a single example."""
+    from statistics import NormalDist
+
+    y = np.asarray(is_pos, bool).ravel()
+    s = np.asarray(scores, np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels but {s.size} scores")
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        return None
+    r = _midranks(s)
+    v10 = (r[y] - _midranks(s[y])) / n         # per positive: share of negatives scored below it (ties 1/2)
+    v01 = 1.0 - (r[~y] - _midranks(s[~y])) / m  # per negative: share of positives scored above it
+    auc = float(v10.mean())
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * float(np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n))
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
 def average_precision(is_pos, scores) -> float | None:
     """scikit-learn's step-wise average precision: ``sum_k (R_k - R_{k-1}) * P_k`` over distinct
     thresholds from high to low, ``R_0 = 0`` (no interpolation). ``None`` when there is no positive."""

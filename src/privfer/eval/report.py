@@ -217,10 +217,12 @@ def audit_markdown(runs: list[tuple[str, list[tuple[str, dict]]]]) -> str:
         for name, a in audits:
             tpr = a.get("tpr_at_fpr", {})
             rows.append([run, name, a.get("attack", NA) + (f" ({a['variant']})" if a.get("variant") else ""),
-                         f"{a.get('n_members', NA)} / {a.get('n_non_members', NA)}", _num(a.get("auc"), ".3f"),
+                         f"{a.get('n_members', NA)} / {a.get('n_non_members', NA)}",
+                         _num(a.get("auc"), ".3f") + (f" ({a['auc_ci'][0]:.3f}-{a['auc_ci'][1]:.3f})"
+                                                      if a.get("auc_ci") else ""),
                          _pct(tpr.get("0.01")), _pct(tpr.get("0.001")), _pct(a.get("balanced_accuracy")),
                          _num(a.get("epsilon_lower_bound"), ".2f"), _num(a.get("epsilon_claimed"), ".2f")])
-    return _table(["run", "audit", "attack", "members / non-members", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR",
+    return _table(["run", "audit", "attack", "members / non-members", "AUC (95% CI)", "TPR at 1% FPR", "TPR at 0.1% FPR",
                    "balanced attack accuracy", "ε lower bound (95%)", "ε claimed"], rows)
 
 

@@ -41,7 +41,8 @@ def format_summary(r: dict) -> str:
           if any(r.get("class_bias") or []) else []),
         f"balanced accuracy {r['balanced_accuracy']:.2%}   macro-F1 {r['macro_f1']:.3f}",
         f"loss      {r['loss']:.4f} per example at temperature {r['temperature']:.3g}"
-        f" ({r['loss_uncalibrated']:.4f} at temperature 1)",
+        + (" with the class offsets" if any(r.get("class_bias") or []) else "")
+        + f" ({r['loss_uncalibrated']:.4f} at temperature 1{', no offsets' if any(r.get('class_bias') or []) else ''})",
         f"negative vs rest ({neg['support']} negative): AUROC {num(neg['auroc'])}  AP {num(neg['average_precision'])}"
         f"  at threshold {neg['threshold']:.3g}: precision {neg['precision']:.3f} recall {neg['recall']:.3f} F1 {neg['f1']:.3f}",
         "",

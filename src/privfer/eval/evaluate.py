@@ -48,7 +48,8 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
     """Evaluate ``model`` (a reference for :func:`load_model` or a :class:`LoadedModel`) on ``spec``.
 
     Faces are loaded at the model's input size. Returns ``accuracy``, ``loss`` (mean cross-entropy
-    per example, nats, with the card's temperature), ``loss_uncalibrated`` (temperature 1),
+    per example, nats, with the card's temperature and class offsets), ``loss_uncalibrated`` (temperature 1,
+    no offsets), ``class_bias`` and ``accuracy_without_class_bias``,
     ``macro_f1``, ``balanced_accuracy``, ``majority_baseline``, ``per_class``, ``confusion``,
     ``negative`` (negative-vs-rest: AUROC, average precision, and precision/recall/F1 at the card's
     threshold), ``dropped`` (samples per dataset class the model lacks), ``n``, ``model``, ``data``,

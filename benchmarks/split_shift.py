@@ -19,7 +19,7 @@ import numpy as np
 
 from privfer.data.cache import load_faces
 from privfer.eval.audit import SAMPLE_SEED, simple_scores, training_hashes
-from privfer.eval.metrics import auroc
+from privfer.eval.metrics import auroc, auroc_ci
 from privfer.models.io import load_model
 
 
@@ -28,9 +28,12 @@ def sample(fs, keep: np.ndarray, n: int, seed: int):
     return fs.subset(np.sort(np.random.default_rng(seed).choice(idx, min(n, len(idx)), replace=False)))
 
 
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """AUC of the loss attack's score (minus the loss) for telling the first set (positive) from the second."""
-    return auroc(np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)], np.r_[pos, neg])
+def auc(pos: np.ndarray, neg: np.ndarray) -> str:
+    """AUC (with its 95% DeLong interval) of the loss attack's score (minus the loss) for telling the first
+    set (positive) from the second."""
+    y, s = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)], np.r_[pos, neg]
+    lo, hi = auroc_ci(y, s)
+    return f"{auroc(y, s):.3f} (95% CI {lo:.3f}-{hi:.3f})"
 
 
 def main() -> None:
@@ -50,9 +53,9 @@ def main() -> None:
     score = {k: simple_scores(model, fs, "loss") for k, fs in
             (("members", members), ("unseen", unseen), ("val", public_test))}
     print(f"run {a.run}: {int(in_train.sum())} of {len(train)} train images seen; {a.n} per side; loss attack AUC")
-    print(f"  members vs PublicTest (what privfer audit measures): {auc(score['members'], score['val']):.3f}")
-    print(f"  unseen train vs PublicTest (split difference only): {auc(score['unseen'], score['val']):.3f}")
-    print(f"  members vs unseen train (membership only):          {auc(score['members'], score['unseen']):.3f}")
+    print(f"  members vs PublicTest (what privfer audit measures): {auc(score['members'], score['val'])}")
+    print(f"  unseen train vs PublicTest (split difference only): {auc(score['unseen'], score['val'])}")
+    print(f"  members vs unseen train (membership only):          {auc(score['members'], score['unseen'])}")
 
 
 if __name__ == "__main__":

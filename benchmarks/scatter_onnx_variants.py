@@ -7,21 +7,20 @@ Each variant computes the same features (up to float rounding, printed as max|di
 * ``grouped``: the order-2 convolution as one grouped convolution instead of one channel at a time.
 
 Prints faces/s of the front-end alone at batch 64 (best of 3 x 15 calls, 2 threads), as ``privfer bench infer``
-runs it: exported to ONNX (opset 20), onnxruntime with all graph optimisations.
+runs it: exported to ONNX by privfer's exporter and run by an onnxruntime session with privfer's settings.
 
 Usage: python benchmarks/scatter_onnx_variants.py
 """
 from __future__ import annotations
 
-import io
 import time
-import warnings
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
+from privfer.infer.onnx import onnx_model
+from privfer.models.io import LoadedModel
 from privfer.models.scatter import PHI_SIZE, J, L, Scattering, gabor
 
 def sep_phi(size, sigma):
@@ -89,26 +88,18 @@ class Variant(Scattering):
 
 
 def bench(m, x):
-    """(best faces/s, output) of ``m`` exported to ONNX and run by onnxruntime on ``x``."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (torch.zeros(2, 1, 48, 48),), buf, dynamo=False, opset_version=20, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    s = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-    xn = x.numpy()
+    """(best faces/s, output) of ``m`` exported to ONNX and run by onnxruntime on ``x``, with the session
+    settings of ``privfer predict`` (:func:`privfer.infer.onnx.onnx_model`)."""
+    session = onnx_model(LoadedModel(m, {"classes": ["neutral"], "input_size": x.shape[-1]}), threads=2).session
+    xn = {session.get_inputs()[0].name: x.numpy()}
     for _ in range(3):
-        y = s.run(None, {"x": xn})[0]
+        y = session.run(None, xn)[0]
     best = 0.0
     for _ in range(3):
         t = time.perf_counter()
         for _ in range(15):
-            s.run(None, {"x": xn})
-        best = max(best, len(xn) * 15 / (time.perf_counter() - t))
+            session.run(None, xn)
+        best = max(best, len(x) * 15 / (time.perf_counter() - t))
     return best, y
 
 

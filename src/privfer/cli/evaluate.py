@@ -32,17 +32,17 @@ def format_summary(r: dict) -> str:
         return "n/a" if x is None else format(x, fmt)
 
     dropped = ", ".join(f"{c} {n}" for c, n in r["dropped"].items() if n)
+    offsets = any(r.get("class_bias") or [])  # the card has non-zero class offsets
     lines = [
         f"model     {r['model']}" + (f"  (tta: {r['tta']})" if r["tta"] != "none" else ""),
         f"data      {r['data']}  n={r['n']}" + (f"  dropped (class not in model): {dropped}" if dropped else ""),
         f"accuracy  {r['accuracy']:.2%}  (majority baseline {r['majority_baseline']:.2%}: {r['majority_class']})",
         *([f"          {r['accuracy_without_class_bias']:.2%} without the card's class offsets "
-           f"({', '.join(f'{c} {b:+.2f}' for c, b in zip(r['classes'], r['class_bias']))})"]
-          if any(r.get("class_bias") or []) else []),
+           f"({', '.join(f'{c} {b:+.2f}' for c, b in zip(r['classes'], r['class_bias']))})"] if offsets else []),
         f"balanced accuracy {r['balanced_accuracy']:.2%}   macro-F1 {r['macro_f1']:.3f}",
         f"loss      {r['loss']:.4f} per example at temperature {r['temperature']:.3g}"
-        + (" with the class offsets" if any(r.get("class_bias") or []) else "")
-        + f" ({r['loss_uncalibrated']:.4f} at temperature 1{', no offsets' if any(r.get('class_bias') or []) else ''})",
+        + (" with the class offsets" if offsets else "")
+        + f" ({r['loss_uncalibrated']:.4f} at temperature 1{', no offsets' if offsets else ''})",
         f"negative vs rest ({neg['support']} negative): AUROC {num(neg['auroc'])}  AP {num(neg['average_precision'])}"
         f"  at threshold {neg['threshold']:.3g}: precision {neg['precision']:.3f} recall {neg['recall']:.3f} F1 {neg['f1']:.3f}",
         "",

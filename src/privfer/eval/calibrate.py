@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..errors import PrivferError
+from ..models.io import softmax
 from .metrics import binary_curve
 
 #: Search range for the temperature.
@@ -119,7 +120,7 @@ def fit_class_bias(logits, labels, objective: str = "mixed", iters: int = 50) ->
     onehot = np.eye(k)[y]
     b = np.zeros(k)
     for _ in range(iters):
-        p = softmax_rows(z + b)
+        p = softmax(z, 1.0, b)
         grad = w @ (p - onehot)
         hess = np.diag(w @ p) - (p * w[:, None]).T @ p + 1e-9 * np.eye(k)
         step = np.clip(np.linalg.solve(hess, grad), -1.0, 1.0)  # damped: a class absent from `labels` drifts down
@@ -127,8 +128,3 @@ def fit_class_bias(logits, labels, objective: str = "mixed", iters: int = 50) ->
         if np.abs(step).max() < 1e-10:
             break
     return b - b.mean()
-
-
-def softmax_rows(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)

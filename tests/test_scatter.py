@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from privfer.models.io import load_model
-from privfer.models.scatter import Scattering, ScatterNet, morlet
+from privfer.models.registry import VERSIONED_OPTIONS, card_kwargs, kwargs_of_card
+from privfer.models.scatter import DEFAULT_VARIANT, LOWPASS, Scattering, ScatterNet, gaussian, lowpass_matrix, morlet
 from privfer.train.config import TrainConfig
 from privfer.train.features import cached, compute
 from privfer.train.loop import train
@@ -23,15 +26,53 @@ def test_scattering_shape_and_no_saved_state():
     assert all(k.startswith("head.") for k in net.state_dict())
 
 
-def test_wavelets_are_zero_mean_and_scattering_sees_edges():
+@pytest.mark.parametrize("variant", ["full", "fast"])
+def test_wavelets_are_zero_mean_and_scattering_sees_edges(variant):
     w = morlet(17, 1.6, 0.3, 3 * np.pi / 8, 0.5)
     assert abs(w.sum()) < 1e-9
-    s = Scattering()
+    s = Scattering(variant)
     flat, edge = torch.full((1, 1, 48, 48), 0.5), torch.full((1, 1, 48, 48), 0.2)
     edge[..., 24:] = 0.8
     a, b = s(flat), s(edge)
+    if variant == "fast":  # square-root compressed coefficients
+        a, b = a ** 2, b ** 2
     assert a[:, 1:].abs().max() < 1e-4 < b[:, 1:].abs().max()  # a flat image has no first/second-order energy
     assert torch.allclose(a[:, 0], torch.full_like(a[:, 0], 0.5), atol=1e-5)  # order 0: the local mean
+
+
+def test_lowpass_matrices_are_the_padded_gaussian_convolution():
+    """The low-pass as two matrix products gives the sums of a reflection-padded 2-D convolution."""
+    u = torch.rand(2, 3, 24, 20, dtype=torch.float64)
+    for name, (size, sigma) in LOWPASS.items():
+        g = gaussian(size, sigma)
+        phi = torch.tensor(np.outer(g, g))[None, None]
+        p = size // 2
+        for stride in (1, 2, 4):
+            ref = F.conv2d(F.pad(u.reshape(6, 1, 24, 20), (p, p, p, p), mode="reflect"), phi, stride=stride)
+            a, b = (torch.tensor(lowpass_matrix(n, g, stride)) for n in (24, 20))
+            torch.testing.assert_close(a @ u @ b.T, ref.reshape(2, 3, 24 // stride, 20 // stride))
+
+
+def test_fast_variant_is_cheaper_and_close_to_full():
+    from privfer.models.registry import count_flops
+
+    full, fast = ScatterNet(7, head="linear", scattering="full"), ScatterNet(7, head="linear", scattering="fast")
+    assert count_flops(fast) < 0.5 * count_flops(full)
+    x = torch.rand(4, 1, 48, 48)
+    a, b = full.frontend(x), fast.frontend(x) ** 2  # the same coefficients, up to the cascade's approximation
+    assert a.shape == b.shape and torch.allclose(a[:, 0], b[:, 0], atol=1e-5)
+    assert torch.corrcoef(torch.stack([a[:, 1:].flatten(), b[:, 1:].flatten()]))[0, 1] > 0.9
+    with pytest.raises(Exception, match="scattering must be one of"):
+        Scattering("kymatio")
+
+
+def test_cards_rebuild_the_network_they_were_trained_with():
+    """A card written before the ``scattering`` option existed rebuilds the "full" front-end; new cards name it."""
+    assert VERSIONED_OPTIONS["scatter-linear"]["scattering"] == ("full", DEFAULT_VARIANT)
+    assert kwargs_of_card({"model": "scatter-linear", "model_kwargs": {}}) == {"scattering": "full"}
+    assert card_kwargs("scatter", {}) == {"scattering": DEFAULT_VARIANT}
+    assert kwargs_of_card({"model": "scatter", "model_kwargs": card_kwargs("scatter", {})}) == {"scattering": DEFAULT_VARIANT}
+    assert card_kwargs("fusion", {"width": 8}) == {"width": 8} == kwargs_of_card({"model": "fusion", "model_kwargs": {"width": 8}})
 
 
 def test_feature_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
@@ -48,17 +89,28 @@ def test_feature_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
     cached(Scattering(), px, h, mirror=True, min_cached=0)
     cached(Scattering(), px, np.array(["x1", "h2", "h3", "h4", "h5"]), min_cached=0)
     assert len(list(tmp_path.glob("features-*.npy"))) == 3
+    other = "full" if DEFAULT_VARIANT == "fast" else "fast"  # another variant: other features, another file
+    assert not np.array_equal(cached(Scattering(other), px, h, min_cached=0), a)
+    assert len(list(tmp_path.glob("features-*.npy"))) == 4
 
 
 @pytest.mark.parametrize("model", ["scatter-linear", "scatter"])
 def test_dp_training_on_scattering_features_learns_and_loads(tiny_fer, tmp_path, model):
-    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", model=model, epsilon=8.0, delta=1e-3, epochs=6,
+    epochs = 6 if model == "scatter-linear" else 12  # the CNN head learns the synthetic stripes more slowly
+    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", model=model, epsilon=8.0, delta=1e-3, epochs=epochs,
                                      batch_size=70, physical_batch_size=64, lr=2.0, max_grad_norm=0.1,
                                      aug_mult=2, seed=0, threads=1, out=str(tmp_path / "run")))
     run = train(cfg, progress=False, log=lambda *_: None)
     card = json.loads((run / "model_card.json").read_text())
     assert card["model"] == model and 0 < card["epsilon_spent"] <= 8.0
+    assert card["model_kwargs"] == {"scattering": DEFAULT_VARIANT}  # the card names its front-end
     lm = load_model(str(run / "model.safetensors"))
+    assert lm.net.frontend.variant == DEFAULT_VARIANT
+    old = tmp_path / "old"  # a card from before the option: rebuilt with the "full" front-end
+    old.mkdir()
+    (old / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    (old / "model_card.json").write_text(json.dumps({**card, "model_kwargs": {}}))
+    assert load_model(str(old / "model.safetensors")).net.frontend.variant == "full"
     from privfer.data.cache import load_faces
     val = load_faces(f"fer2013:{tiny_fer}@val")
     acc = float((lm.probs(val.pixels).argmax(1) == val.labels).mean())

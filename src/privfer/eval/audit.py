@@ -223,11 +223,14 @@ def shadow_recipe(card: dict, n_train: int, epochs: int | None = None) -> tuple[
     Shadows have no validation data: the last weights are kept and not calibrated. ``epochs`` overrides
     the number of epochs of the stage trained.
     """
+    from ..models.registry import kwargs_of_card
     from ..train.config import TrainConfig
 
     if not isinstance(card.get("config"), dict):
         raise PrivferError("the model card records no training config: no recipe for shadow models")
     cfg = TrainConfig.from_dict(card["config"], source="model card (config)").to_dict()
+    # the network the card rebuilds (a card from before an option's default changed: the old default)
+    cfg["model_kwargs"] = kwargs_of_card({"model": cfg["model"], "model_kwargs": cfg["model_kwargs"], **card})
     notes = []
     dp = bool(cfg.get("private"))
     if dp:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import PrivferError
 from ..taxonomy import negative_mask, validate_classes
-from .registry import build_model
+from .registry import build_model, kwargs_of_card
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_SHIPPED = "ferplus-dp8"
@@ -175,7 +175,7 @@ def load_model(ref: str | Path | None = None, device: str = "cpu") -> LoadedMode
     try:
         card = json.loads(c.read_text())
         classes = validate_classes(card["classes"])
-        net = build_model(card["model"], len(classes), **card.get("model_kwargs", {}))
+        net = build_model(card["model"], len(classes), **kwargs_of_card(card))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise PrivferError(f"{c}: not a privfer model card ({e.__class__.__name__}: {e})") from None
     try:

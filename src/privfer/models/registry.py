@@ -7,10 +7,31 @@ from ..errors import PrivferError
 from .cnn import CNN
 from .fusion import Fusion
 from .resnet import ResNet
-from .scatter import ScatterLinear, ScatterNet
+from .scatter import DEFAULT_VARIANT, ScatterLinear, ScatterNet
 
 MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion, "scatter": ScatterNet, "scatter-linear": ScatterLinear}
 DEFAULT_MODEL = "fusion"
+
+#: Options whose default changed after models were shipped, as ``{model: {option: (old, current)}}``: a model
+#: card that does not name the option was trained with ``old``. Training writes the value it used into every
+#: new card (:func:`card_kwargs`), so that a card always rebuilds the network it was trained with
+#: (:func:`kwargs_of_card`).
+VERSIONED_OPTIONS: dict[str, dict[str, tuple]] = {
+    "scatter": {"scattering": ("full", DEFAULT_VARIANT)},
+    "scatter-linear": {"scattering": ("full", DEFAULT_VARIANT)},
+}
+
+
+def card_kwargs(name: str, kwargs: dict) -> dict:
+    """The options to record in a new model card: ``kwargs`` with the current value of every versioned option."""
+    return {**{k: new for k, (_, new) in VERSIONED_OPTIONS.get(name, {}).items()}, **kwargs}
+
+
+def kwargs_of_card(card: dict) -> dict:
+    """The options that rebuild a card's network: its ``model_kwargs``, with the old value of every versioned
+    option the card does not name."""
+    return {**{k: old for k, (old, _) in VERSIONED_OPTIONS.get(card["model"], {}).items()},
+            **card.get("model_kwargs", {})}
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:

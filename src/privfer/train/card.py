@@ -5,6 +5,7 @@ import platform
 import sys
 
 from .. import __version__
+from ..models.registry import card_kwargs
 from .privacy import PrivacyState
 
 
@@ -50,7 +51,7 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         public_note = f"public data {data.public.spec}{split_note or ''} was trained on WITHOUT differential privacy: no guarantee covers it"
     card = {
         "model": cfg.model,
-        "model_kwargs": cfg.model_kwargs,
+        "model_kwargs": card_kwargs(cfg.model, cfg.model_kwargs),
         "classes": list(data.classes),
         "input_size": cfg.input_size,
         "epsilon_target": privacy.epsilon_target if privacy else None,

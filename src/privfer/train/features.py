@@ -53,7 +53,9 @@ _memo: dict[str, np.ndarray] = {}
 
 
 def _key(frontend: nn.Module, mirror: bool, shape) -> str:
-    return f"{type(frontend).__module__}.{type(frontend).__name__}:{FEATURES_VERSION}:{mirror}:{tuple(shape)}"
+    tag = getattr(frontend, "cache_tag", "")  # which features a configurable front-end computes
+    name = f"{type(frontend).__module__}.{type(frontend).__name__}" + (f"-{tag}" if tag else "")
+    return f"{name}:{FEATURES_VERSION}:{mirror}:{tuple(shape)}"
 
 
 def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: bool = False,

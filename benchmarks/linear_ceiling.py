@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from privfer.data.cache import load_faces
-from privfer.models.scatter import Scattering
+from privfer.models.scatter import ScatterLinear
 from privfer.train.features import cached, compute
 
 TRAIN, VAL = "fer2013:../shared/data/fer2013@train", "fer2013:../shared/data/fer2013@val"
@@ -44,12 +44,12 @@ def main(variants: list[str]) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     train, val = load_faces(TRAIN).unique(), load_faces(VAL)
-    norm = nn.GroupNorm(27, Scattering.out_channels, affine=False)  # as in the scatter-linear head
     print(f"train {len(train)} distinct images, validation {len(val)}; weight decay {WEIGHT_DECAY}, "
           f"{ITERATIONS} L-BFGS iterations")
     for variant in variants:
         t = time.perf_counter()
-        fe = Scattering(variant)
+        net = ScatterLinear(len(train.classes), scattering=variant)
+        fe, norm = net.frontend, net.head[0]  # the model's front-end and its head's non-affine GroupNorm
         with torch.no_grad():
             xtr = norm(torch.from_numpy(np.array(cached(fe, train.pixels, train.hashes))).float()).flatten(1)
             xva = norm(torch.from_numpy(compute(fe, val.pixels)).float()).flatten(1)

@@ -150,8 +150,10 @@ class Scattering(nn.Module):
         a, b = self._matrix(name, h, stride, u), self._matrix(name, w, stride, u)
         return torch.matmul(a, torch.matmul(u, b.T))
 
-    def _order2(self, u, psi):  # every order-1 map through the L wavelets ``psi``, one map at a time (on CPU
-        n, _, h, w = u.shape  # faster than a grouped conv): [N, L, H, W] -> [N, L*L, H', W'], t1-major
+    def _order2(self, u, psi):
+        """Every order-1 map through the L wavelets ``psi``: [N, L, H, W] -> [N, L*L, H', W'], t1-major
+        (one map at a time: on a CPU faster than a grouped convolution)."""
+        n, _, h, w = u.shape
         z = self._conv(u.reshape(n * L, 1, h, w), psi, stride=2 if self.variant == "full" else 1)
         return self._modulus(z.reshape(n, L * 2 * L, *z.shape[-2:]))
 

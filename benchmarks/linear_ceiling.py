@@ -1,15 +1,16 @@
 """How well a linear head can do on the scattering features without DP: the ceiling of the DP linear models.
 
 Fits a multinomial logistic regression (L2 weight decay, L-BFGS, no privacy, no augmentation) on the
-features of the deduplicated FER2013 train split, after the same per-image GroupNorm as the
-``scatter-linear`` head, and prints its accuracy on the validation split, for each scattering variant
-named. The train features come from (and go to) privfer's feature cache.
+features of the deduplicated FER2013 train split, after the same per-image GroupNorm (and, with
+``--pool K``, the same K x K averaging) as the ``scatter-linear`` head, and prints its train and validation
+accuracy for each scattering variant named. The train features come from (and go to) privfer's feature cache.
 
-Usage: python benchmarks/linear_ceiling.py [VARIANT ...]   (default: full fast; about 2-3 minutes each)
+Usage: python benchmarks/linear_ceiling.py [VARIANT ...] [--pool K]
+       (default: full fast, no pooling; about 2-3 minutes each, 20-30 s with --pool 2)
 """
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import numpy as np
@@ -40,25 +41,30 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.
     return w.detach(), b.detach()
 
 
-def main(variants: list[str]) -> None:
+def main(variants: list[str], pool: int = 1) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     train, val = load_faces(TRAIN).unique(), load_faces(VAL)
     print(f"train {len(train)} distinct images, validation {len(val)}; weight decay {WEIGHT_DECAY}, "
-          f"{ITERATIONS} L-BFGS iterations")
+          f"{ITERATIONS} L-BFGS iterations, pool {pool}")
     for variant in variants:
         t = time.perf_counter()
-        net = ScatterLinear(len(train.classes), scattering=variant)
-        fe, norm = net.frontend, net.head[0]  # the model's front-end and its head's non-affine GroupNorm
+        net = ScatterLinear(len(train.classes), scattering=variant, pool=pool).eval()
+        # the model's front-end, and its head up to the linear layer (GroupNorm, pooling, flatten)
+        fe, prep = net.frontend, net.head[:-1]
         with torch.no_grad():
-            xtr = norm(torch.from_numpy(np.array(cached(fe, train.pixels, train.hashes))).float()).flatten(1)
-            xva = norm(torch.from_numpy(compute(fe, val.pixels)).float()).flatten(1)
+            xtr = prep(torch.from_numpy(np.array(cached(fe, train.pixels, train.hashes))).float())
+            xva = prep(torch.from_numpy(compute(fe, val.pixels)).float())
         ytr, yva = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
         w, b = fit_logistic(xtr, ytr, len(train.classes))
         acc_tr = float(((xtr @ w + b).argmax(1) == ytr).float().mean())
         acc_va = float(((xva @ w + b).argmax(1) == yva).float().mean())
-        print(f"{variant:5s} train {acc_tr:.1%}  validation {acc_va:.1%}  ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"{variant:5s} {xtr.shape[1]:5d} features  train {acc_tr:.1%}  validation {acc_va:.1%}  ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["full", "fast"])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variants", nargs="*", default=["full", "fast"], help="scattering variants (full, fast)")
+    ap.add_argument("--pool", type=int, default=1, help="average the maps over K x K cells, as scatter-linear's pool")
+    a = ap.parse_args()
+    main(a.variants, a.pool)

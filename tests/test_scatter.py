@@ -126,6 +126,23 @@ def test_linear_head_refuses_another_face_size():
     assert ScatterNet(7)(torch.rand(2, 1, 64, 64)).shape == (2, 7)  # the CNN head pools globally
 
 
+def test_pooled_linear_head_averages_the_feature_maps():
+    """pool=k: the linear head sees k x k averages of the normalised maps (k*k times fewer weights)."""
+    from privfer.errors import PrivferError
+
+    net = ScatterNet(7, head="linear", pool=2)
+    assert net.head[-1].in_features == 81 * 6 * 6
+    torch.nn.init.normal_(net.head[-1].weight)
+    x = torch.rand(2, 1, 48, 48)
+    f = net.head[0](net.frontend(x))
+    expect = F.avg_pool2d(f, 2).flatten(1) @ net.head[-1].weight.T + net.head[-1].bias
+    assert torch.allclose(net(x), expect, atol=1e-5)
+    for bad in ({"pool": 5}, {"pool": 0}, {"pool": 2, "head": "cnn"}):
+        with pytest.raises(PrivferError, match="pool"):
+            ScatterNet(7, **{"head": "linear", **bad})
+    assert torch.nn.AvgPool2d not in {type(m) for m in ScatterNet(7, head="linear").head}
+
+
 def test_online_augmentation_and_class_bias_reach_the_card(tiny_fer, tmp_path):
     """feature_cache: false runs the front-end on transformed faces in both stages; class offsets are fit
     on validation, stored in the card and used by LoadedModel.probs."""

@@ -205,3 +205,15 @@ def test_duplicate_private_images_are_trained_on_once(tiny_fer, tmp_path):
     card = json.loads((run / "model_card.json").read_text())
     assert card["private_data"]["n"] == 143 and "duplicates_dropped" not in card["private_data"]
     assert "k*epsilon" in card["guarantee"]
+
+
+def test_weight_decay_flag_sets_the_stage_it_names(tiny_fer, tmp_path):
+    """--weight-decay is the DP stage's; in a public-only run without a config, the (only) public stage's."""
+    flags = ["--model", "scatter-linear", "--epochs", "1", "--batch-size", "32", "--delta", "1e-3", "--weight-decay", "0.01",
+             "--quiet"]
+    assert main(["train", "--private", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "dp"), *flags]) == 0
+    dp = json.loads((tmp_path / "dp" / "config.json").read_text())
+    assert dp["weight_decay"] == 0.01 and dp["public_weight_decay"] == TrainConfig().public_weight_decay
+    assert main(["train", "--public", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "np"), *flags]) == 0
+    pub = json.loads((tmp_path / "np" / "config.json").read_text())
+    assert pub["public_weight_decay"] == 0.01 and pub["weight_decay"] == TrainConfig().weight_decay

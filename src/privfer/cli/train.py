@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--aug-mult", type=int, help="augmentation multiplicity K under DP")
     p.add_argument("--lr", type=float)
     p.add_argument("--public-lr", type=float)
+    p.add_argument("--weight-decay", type=float, help="weight decay of the private stage (or the only stage)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-dedupe", action="store_true",
@@ -62,6 +63,7 @@ def run(args) -> int:
         "public_epochs": args.public_epochs, "batch_size": args.batch_size,
         "physical_batch_size": args.physical_batch_size, "max_grad_norm": args.max_grad_norm,
         "aug_mult": args.aug_mult, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
         "augment": False if args.no_augment else None, "labels": args.labels,
         "feature_cache": False if args.no_feature_cache else None, "dedupe": False if args.no_dedupe else None,
         "negative_recall": args.negative_recall, "class_bias": args.class_bias, "limit": args.limit,
@@ -71,7 +73,8 @@ def run(args) -> int:
     if args.public and not args.private and not args.public_split and not args.config:
         # Non-private only: --epochs/--batch-size/--lr name the (only) public stage.
         overrides.update(public_epochs=args.epochs or args.public_epochs, public_batch_size=args.batch_size,
-                         public_lr=args.lr or args.public_lr, epochs=None, batch_size=None, lr=None)
+                         public_lr=args.lr or args.public_lr, public_weight_decay=args.weight_decay,
+                         epochs=None, batch_size=None, lr=None, weight_decay=None)
     if args.resume:
         run_dir = Path(args.resume)
         cfg_file = run_dir / "config.json"

@@ -177,16 +177,22 @@ class ScatterNet(nn.Module):
 
     The head starts with a non-affine GroupNorm over the 81 scattering channels (27 groups, as in the paper),
     which normalises each image's features without learning anything. Only :attr:`head` has parameters.
+    ``pool=k`` (linear head only) averages the normalised maps over k x k cells first: k*k times fewer weights,
+    a linear head constrained to be constant on each cell.
     """
 
     def __init__(self, num_classes: int, head: str = "cnn", width: int = 64, dropout: float = 0.0,
-                 input_size: int = 48, scattering: str = DEFAULT_VARIANT):
+                 input_size: int = 48, scattering: str = DEFAULT_VARIANT, pool: int = 1):
         super().__init__()
         c = Scattering.out_channels
         self.frontend = Scattering(scattering)
         norm = nn.GroupNorm(27, c, affine=False)
+        side = input_size // 4
+        if pool != 1 and (head != "linear" or pool < 1 or side % pool):
+            raise PrivferError(f"pool must divide the {side}x{side} feature maps of the linear head, not {pool!r}")
         if head == "linear":
-            layers = [norm, nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * (input_size // 4) ** 2, num_classes)]
+            pooling = [nn.AvgPool2d(pool)] if pool > 1 else []
+            layers = [norm, *pooling, nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * (side // pool) ** 2, num_classes)]
         elif head == "cnn":
             layers = [norm, conv_gn(c, width), nn.MaxPool2d(2), conv_gn(width, width), nn.MaxPool2d(2),
                       conv_gn(width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),

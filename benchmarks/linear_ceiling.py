@@ -6,7 +6,7 @@ features of the deduplicated FER2013 train split, after the same per-image Group
 accuracy for each scattering variant named. The train features come from (and go to) privfer's feature cache.
 
 Usage: python benchmarks/linear_ceiling.py [VARIANT ...] [--pool K]
-       (default: full fast, no pooling; about 2-3 minutes each, 20-30 s with --pool 2)
+       (default: full fast, no pooling; about 2-3 minutes each, about 1 minute with --pool 2)
 """
 from __future__ import annotations
 

@@ -188,7 +188,9 @@ class ScatterNet(nn.Module):
         self.frontend = Scattering(scattering)
         norm = nn.GroupNorm(27, c, affine=False)
         side = input_size // 4
-        if pool != 1 and (head != "linear" or pool < 1 or side % pool):
+        if pool != 1 and head != "linear":
+            raise PrivferError(f"pool is an option of the linear head only, not of the {head!r} head")
+        if pool < 1 or side % pool:
             raise PrivferError(f"pool must divide the {side}x{side} feature maps of the linear head, not {pool!r}")
         if head == "linear":
             pooling = [nn.AvgPool2d(pool)] if pool > 1 else []

@@ -3,11 +3,11 @@
 Training fits per-class logit offsets on the validation split (see ``privfer.eval.calibrate.fit_class_bias``),
 so validation numbers measured after them are optimistic. This script estimates them honestly by
 two-fold cross-fitting on the validation split: offsets fit on one half (with the same objective as the
-model card's, ``mixed`` if it has none) are measured on the other half, and vice versa. It prints accuracy,
+model card's, ``mixed`` if it has none, or ``--objective``) are measured on the other half, and vice versa. It prints accuracy,
 balanced accuracy and per-class recall without offsets, with the card's offsets (fit on all of it), and
 cross-fitted.
 
-Usage: python benchmarks/class_bias_crossfit.py MODEL SPEC   (e.g. runs/fer2013-dp8 fer2013:../shared/data/fer2013@val)
+Usage: python benchmarks/class_bias_crossfit.py MODEL SPEC [--objective mixed|balanced]   (e.g. runs/fer2013-dp8 fer2013:../shared/data/fer2013@val)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from privfer.data.cache import load_faces
 from privfer.eval import metrics as M
-from privfer.eval.calibrate import fit_class_bias
+from privfer.eval.calibrate import BIAS_OBJECTIVES, fit_class_bias
 from privfer.models.io import load_model
 
 
@@ -32,12 +32,14 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("spec")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random halving")
+    ap.add_argument("--objective", choices=sorted(BIAS_OBJECTIVES),
+                    help="objective of the cross-fitted offsets (default: the card's, else mixed)")
     a = ap.parse_args()
     lm = load_model(a.model)
     fs = load_faces(a.spec, size=lm.input_size)
     y, k = fs.labels, len(lm.classes)
     z = lm.logits(fs.pixels) / lm.temperature
-    objective = lm.card.get("class_bias_objective") or "mixed"
+    objective = a.objective or lm.card.get("class_bias_objective") or "mixed"
     halves = np.array_split(np.random.default_rng(a.seed).permutation(len(y)), 2)
     crossfit = np.empty(len(y), np.int64)
     for fit_on, measure_on in ((0, 1), (1, 0)):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,14 @@ def test_weight_decay_flag_sets_the_stage_it_names(tiny_fer, tmp_path):
     assert main(["train", "--public", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "np"), *flags]) == 0
     pub = json.loads((tmp_path / "np" / "config.json").read_text())
     assert pub["public_weight_decay"] == 0.01 and pub["weight_decay"] == TrainConfig().weight_decay
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_parses_builds_its_model_and_writes_runs_of_its_name(path):
+    cfg = TrainConfig.from_file(path)
+    assert cfg.out == f"runs/{path.stem}"  # the README's `privfer train --config configs/NAME.yaml` -> runs/NAME
+    net = build_model(cfg.model, 7, **cfg.model_kwargs)
+    assert ModuleValidator.is_valid(net)

@@ -45,6 +45,8 @@ def main() -> None:
         if lm.classes != classes:
             raise SystemExit(f"ensemble.py: {name} has classes {', '.join(lm.classes)}, not {', '.join(classes)}")
     fs = load_faces(a.spec, size=models[0].input_size)
+    if tuple(fs.classes) != tuple(classes):
+        raise SystemExit(f"ensemble.py: {a.spec} has classes {', '.join(fs.classes)}, the models {', '.join(classes)}")
     y, neg = fs.labels, np.array(negative_mask(classes))
     print(f"{a.spec} (n={len(y)}), tta {a.tta}")
     probs = []

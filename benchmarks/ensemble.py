@@ -18,15 +18,14 @@ import numpy as np
 from privfer.data.cache import load_faces
 from privfer.errors import PrivferError
 from privfer.eval import metrics as M
-from privfer.models.io import load_model
+from privfer.models.io import LoadedModel, load_model
 from privfer.taxonomy import negative_mask
 
 
-def scores(probs: np.ndarray, y: np.ndarray, neg: np.ndarray) -> str:
-    """One line of privfer's metrics for class probabilities [N, K]; the negative score is the probability of
-    the negative classes (``neg``, a mask over the classes)."""
+def scores(probs: np.ndarray, y: np.ndarray, lm: LoadedModel) -> str:
+    """One line of privfer's metrics for class probabilities [N, K] over ``lm``'s classes."""
     cm = M.confusion_matrix(y, probs.argmax(1), probs.shape[1])
-    auroc = M.auroc(neg[y], probs[:, neg].sum(1))
+    auroc = M.auroc(np.array(negative_mask(lm.classes))[y], lm.negative_score(probs))
     return (f"accuracy {M.accuracy(cm):.1%}  macro-F1 {M.macro_f1(cm):.3f}  "
             f"balanced {M.balanced_accuracy(cm):.1%}  negative AUROC {auroc:.3f}")
 
@@ -47,14 +46,14 @@ def main() -> None:
     fs = load_faces(a.spec, size=models[0].input_size)
     if tuple(fs.classes) != tuple(classes):
         raise SystemExit(f"ensemble.py: {a.spec} has classes {', '.join(fs.classes)}, the models {', '.join(classes)}")
-    y, neg = fs.labels, np.array(negative_mask(classes))
+    y = fs.labels
     print(f"{a.spec} (n={len(y)}), tta {a.tta}")
     probs = []
     for name, lm in zip(a.models, models):
         pixels = fs.pixels if lm.input_size == models[0].input_size else load_faces(a.spec, size=lm.input_size).pixels
         probs.append(lm.probs(pixels, tta=a.tta == "flip"))
-        print(f"{name:<40} {scores(probs[-1], y, neg)}")
-    print(f"{'mean of the ' + str(len(probs)) + ' models':<40} {scores(np.mean(probs, 0), y, neg)}")
+        print(f"{name:<40} {scores(probs[-1], y, lm)}")
+    print(f"{'mean of the ' + str(len(probs)) + ' models':<40} {scores(np.mean(probs, 0), y, models[0])}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ so validation numbers measured after them are optimistic. This script estimates 
 two-fold cross-fitting on the validation split: offsets fit on one half (with the same objective as the
 model card's, ``mixed`` if it has none, or ``--objective``) are measured on the other half, and vice versa. It prints accuracy,
 balanced accuracy and per-class recall without offsets, with the card's offsets (fit on all of it), and
-cross-fitted.
+cross-fitted. It then does the same for the probabilities: the temperature is refit on each half and the
+top-label ECE, the negative score's ECE and the Brier score are measured on the other half, beside the raw
+model's (temperature 1, no offsets) and the card's probabilities fit on all of it (what ``privfer evaluate``
+reports on the calibration split).
 
-Usage: python benchmarks/class_bias_crossfit.py MODEL SPEC [--objective mixed|balanced]   (e.g. runs/fer2013-dp8 fer2013:../shared/data/fer2013@val)
+Usage: python benchmarks/class_bias_crossfit.py MODEL SPEC [--objective mixed|balanced]
+       (e.g. runs/fer2013-dp8 fer2013:../shared/data/fer2013@val)
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ import numpy as np
 
 from privfer.data.cache import load_faces
 from privfer.eval import metrics as M
-from privfer.eval.calibrate import BIAS_OBJECTIVES, fit_class_bias
-from privfer.models.io import load_model
+from privfer.eval.calibrate import BIAS_OBJECTIVES, fit_class_bias, fit_temperature
+from privfer.models.io import load_model, softmax
+from privfer.taxonomy import negative_mask
 
 
 def scores(pred: np.ndarray, y: np.ndarray, k: int) -> tuple[float, float, np.ndarray]:
@@ -38,7 +43,8 @@ def main() -> None:
     lm = load_model(a.model)
     fs = load_faces(a.spec, size=lm.input_size)
     y, k = fs.labels, len(lm.classes)
-    z = lm.logits(fs.pixels) / lm.temperature
+    raw = lm.logits(fs.pixels)
+    z = raw / lm.temperature
     objective = a.objective or lm.card.get("class_bias_objective") or "mixed"
     halves = np.array_split(np.random.default_rng(a.seed).permutation(len(y)), 2)
     crossfit = np.empty(len(y), np.int64)
@@ -51,6 +57,17 @@ def main() -> None:
     for name, pred in rows:
         acc, bal, rec = scores(pred, y, k)
         print(f"{name:<30} accuracy {acc:.1%}  balanced {bal:.1%}  recall " + " ".join(f"{r:.2f}" for r in rec))
+
+    refit = np.empty((len(y), k))
+    for fit_on, measure_on in ((0, 1), (1, 0)):
+        f, m = halves[fit_on], halves[measure_on]
+        refit[m] = softmax(raw[m], fit_temperature(raw[f], y[f]))
+    is_neg = np.array(negative_mask(lm.classes))[y]
+    print(f"calibrated probabilities (card's calibration version {lm.calibration_version}; {M.CALIBRATION_BINS} bins):")
+    for name, probs in (("temperature 1, no offsets", softmax(raw)), ("card's (fit on all)", lm.calibrated(raw)[0]),
+                        ("cross-fitted temperature", refit)):
+        print(f"{name:<30} ECE {M.top_label_ece(probs, y):.3f}  negative-score ECE "
+              f"{M.calibration_error(lm.negative_score(probs), is_neg):.3f}  Brier {M.brier_score(probs, y):.4f}")
 
 
 if __name__ == "__main__":

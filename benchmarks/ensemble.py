@@ -2,8 +2,9 @@
 
 privfer ships single models; this script measures what averaging them would add (e.g. the scattering
 reference and an end-to-end network, which see different features). Each model's probabilities are its
-card's calibrated ones (temperature and class offsets), optionally averaged with the mirror image
-(``--tta flip``). The models must share their classes. Prints accuracy, macro-F1, balanced accuracy and
+card's calibrated ones (``LoadedModel.calibrated``), optionally averaged with the mirror image
+(``--tta flip``), and every prediction is the most probable class (class offsets, if a card has them, are
+not applied). The models must share their classes. Prints accuracy, macro-F1, balanced accuracy and
 negative-vs-rest AUROC for every model alone and for the ensemble.
 
 Usage: python benchmarks/ensemble.py SPEC MODEL MODEL [...] [--tta flip]

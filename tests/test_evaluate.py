@@ -88,6 +88,11 @@ def test_evaluate_is_deterministic_and_complete(fer, tmp_path):
         assert key in a
     assert a["data"].endswith("@val") and a["dropped"] == {} and a["tta"] == "none"
     assert set(a["negative"]) >= {"auroc", "average_precision", "precision", "recall", "f1", "threshold"}
+    cal = a["calibration"]
+    assert 0.0 <= cal["ece"] <= 1.0 and 0.0 <= cal["negative_ece"] <= 1.0 and 0.0 <= cal["brier"] <= 2.0
+    assert sum(cal["reliability"]["count"]) == sum(cal["negative_reliability"]["count"]) == n_val
+    assert cal["ece_uncalibrated"] == cal["ece"]  # temperature 1, no offsets: the same probabilities
+    assert cal["fit_on_this_data"] is False        # the card names no calibration data
     flipped = evaluate(run, _spec(fer), tta=True)
     assert flipped["tta"] == "flip" and flipped["n"] == n_val
 
@@ -105,6 +110,22 @@ def test_constant_model_scores_exactly_the_majority_baseline(fer, tmp_path):
     assert r["balanced_accuracy"] == pytest.approx(1 / 7)
     # happiness is not negative: every face scores the same, so AUROC is exactly chance
     assert r["negative"]["auroc"] == 0.5 and r["negative"]["recall"] == 0.0
+    # one confidence for every face: its ECE is |accuracy - confidence|
+    conf = float(np.exp(5.0) / (np.exp(5.0) + 6))
+    assert r["calibration"]["ece"] == pytest.approx(abs(r["accuracy"] - conf))
+
+
+def test_calibration_in_sample_is_flagged(fer, tmp_path):
+    val = load_faces(_spec(fer))
+    run = make_run(tmp_path / "run", val_data={"spec": _spec(fer), "data_hash": val.data_hash()},
+                   temperature=2.0)
+    r = evaluate(run, _spec(fer))
+    assert r["calibration"]["fit_on_this_data"] is True
+    assert r["calibration"]["ece"] != r["calibration"]["ece_uncalibrated"]
+    assert evaluate(run, _spec(fer, "train"))["calibration"]["fit_on_this_data"] is False
+    # the same split with some images left out (training drops those that are private data): still in sample
+    by_spec = make_run(tmp_path / "run2", val_data={"spec": _spec(fer), "data_hash": "other"})
+    assert evaluate(by_spec, _spec(fer))["calibration"]["fit_on_this_data"] is True
 
 
 def test_intersection_drops_classes_the_model_lacks(fer, tmp_path):
@@ -168,11 +189,12 @@ def test_write_outputs(fer, tmp_path):
     r = evaluate(make_run(tmp_path / "run"), _spec(fer))
     paths = write_outputs(r, tmp_path / "out")
     assert [p.name for p in paths] == ["evaluation.json", "confusion_counts.csv", "confusion_normalized.csv",
-                                       "confusion.png"]
+                                       "confusion.png", "reliability.png"]
     assert json.loads(paths[0].read_text()) == json.loads(json.dumps(r))
     lines = paths[1].read_text().splitlines()
     assert len(lines) == 8 and lines[0].split(",")[1:] == list(CLASSES_7)
-    assert paths[3].read_bytes()[:4] == b"\x89PNG"
+    assert paths[3].read_bytes()[:4] == paths[4].read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)  # no temporaries left
 
 
 # ---------------------------------------------------------------- CLI
@@ -185,7 +207,7 @@ def test_cli_evaluate_json_and_summary(fer, tmp_path, capsys):
     assert main(["evaluate", str(run), "--data", f"fer2013:{fer}", "--split", "val",
                  "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "accuracy" in out and "macro-F1" in out and (tmp_path / "o" / "confusion.png").is_file()
+    assert "accuracy" in out and "macro-F1" in out and "ECE" in out and (tmp_path / "o" / "confusion.png").is_file()
 
 
 @pytest.mark.parametrize("case", ["missing split", "no shared class", "weights do not fit"])
@@ -263,7 +285,9 @@ def test_report_renders(two_runs, tmp_path):
     assert "(ε=3.99, δ=1e-05; target ε=4) covers fer2013:" in md
     assert "no differential-privacy guarantee" in md and "no guarantee for public data" in md
     assert "weakest" in md
+    assert "| ECE | negative-score ECE |" in md
     for name in ("01-public-run/curves.png", "02-dp-run/curves.png", "01-public-run/val/confusion.png",
+                 "02-dp-run/val/reliability.png",
                  "02-dp-run/test/evaluation.json", "recall-01.png"):
         assert (tmp_path / "report" / name).is_file(), name
         if name.endswith(".png"):
@@ -281,3 +305,22 @@ def test_results_table_and_cli_report(two_runs, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["report", str(two_runs[0]), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+def test_class_offsets_move_labels_not_probabilities(tmp_path):
+    """Calibration version 2: probabilities are softmax(z / T); the offsets only decide the label. Cards of
+    version 1 (no key) keep offsets in the probabilities, as they were fit."""
+    from privfer.models.io import LoadedModel, softmax
+
+    z = np.array([[2.0, 1.8, 0.0], [0.0, 3.0, 0.0]])
+    card = {"classes": ["happiness", "disgust", "neutral"], "temperature": 2.0, "class_bias": [-0.5, 0.5, 0.0]}
+    v2 = LoadedModel(None, {**card, "calibration_version": 2})
+    probs, labels = v2.calibrated(z)
+    assert np.allclose(probs, softmax(z, 2.0)) and labels.tolist() == [1, 1]
+    assert probs[0].argmax() == 0  # the most probable class is not the decided one here
+    v1 = LoadedModel(None, card)
+    probs1, labels1 = v1.calibrated(z)
+    assert np.allclose(probs1, softmax(z, 2.0, np.array(card["class_bias"]))) and labels1.tolist() == [1, 1]
+    # restricted to some of the classes
+    p, lab = v2.calibrated(z[:, [0, 2]], cols=np.array([0, 2]))
+    assert np.allclose(p, softmax(z[:, [0, 2]], 2.0)) and lab.tolist() == [0, 1]  # row 2: a tie moved by -0.5

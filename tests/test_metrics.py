@@ -198,3 +198,55 @@ def test_auroc_ci_is_delong_on_pairwise_comparisons():
     assert M.auroc_ci(np.r_[True, False, False], [1.0, 0.0, 0.5]) is None  # one positive: no variance
     lo, hi = M.auroc_ci(np.r_[np.ones(5, bool), np.zeros(5, bool)], np.arange(10.0)[::-1])
     assert hi == 1.0 and lo == 1.0  # perfect separation: zero variance, clipped
+
+
+def test_calibration_error_by_hand():
+    # two bins, (0, .5] and (.5, 1]: means .15 and .925, frequencies 0 and .5 -> (2 * .15 + 2 * .425) / 4
+    prob, outcome = [0.1, 0.2, 0.9, 0.95], [False, False, True, False]
+    r = M.reliability(prob, outcome, n_bins=2)
+    assert r["edges"] == [0.0, 0.5, 1.0] and r["count"] == [2, 2]
+    assert r["mean_prob"] == pytest.approx([0.15, 0.925]) and r["frequency"] == [0.0, 0.5]
+    assert M.calibration_error(prob, outcome, n_bins=2) == pytest.approx(0.2875)
+    # bins are right-closed and 0 falls in the first: 0.5 and 0.0 share bin 0, 1.0 is in the last
+    assert M.reliability([0.0, 0.5, 1.0], [0, 1, 1], n_bins=2)["count"] == [2, 1]
+    # a quarter of the events at probability 0.25 (one bin) is perfectly calibrated
+    assert M.calibration_error([0.25] * 4, [1, 0, 0, 0]) == 0.0
+    # an empty bin contributes nothing and stays 0.0 in the diagram
+    assert M.reliability([0.9], [1], n_bins=3)["mean_prob"][0] == 0.0
+
+
+def test_top_label_ece_and_brier_by_hand():
+    probs = np.array([[0.8, 0.2], [0.6, 0.4]])
+    # confidences .8 (right) and .6 (wrong) in different bins: (|1 - .8| + |0 - .6|) / 2
+    assert M.top_label_ece(probs, [0, 1]) == pytest.approx(0.4)
+    assert M.brier_score([[1.0, 0.0], [0.5, 0.5]], [0, 0]) == pytest.approx(0.25)
+    assert M.brier_score(np.eye(3), [0, 1, 2]) == 0.0
+
+
+def test_calibration_metrics_undefined_and_bad_input():
+    assert M.calibration_error([], []) is None and M.top_label_ece(np.zeros((0, 3)), []) is None
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        M.reliability([1.5], [True])
+    with pytest.raises(ValueError, match="2 probabilities but 1 outcomes"):
+        M.reliability([0.1, 0.2], [True])
+    with pytest.raises(ValueError, match="n_bins"):
+        M.reliability([0.1], [True], n_bins=0)
+
+
+def test_fit_calibration_fits_the_threshold_on_the_calibrated_probabilities():
+    from privfer.eval.calibrate import fit_calibration
+    from privfer.models.io import CALIBRATION_VERSION, softmax
+
+    rng = np.random.default_rng(0)
+    classes = ("neutral", "happiness", "sadness", "disgust")
+    y = rng.choice(4, 400, p=[0.4, 0.4, 0.17, 0.03])
+    z = 3.0 * np.eye(4)[y] + rng.normal(0, 1.5, (400, 4))
+    c = fit_calibration(z, y, classes, "mixed", negative_recall=0.8)
+    assert c["calibration_version"] == CALIBRATION_VERSION and c["class_bias_objective"] == "mixed"
+    assert c["temperature"] == pytest.approx(fit_temperature(z, y))
+    neg = softmax(z, c["temperature"])[:, 2:].sum(axis=1)  # sadness + disgust, without the offsets
+    assert c["negative_threshold"] == fit_threshold(neg, y >= 2, 0.8)
+    off = fit_calibration(z, y, classes)
+    assert off["class_bias"] is None and off["class_bias_objective"] is None
+    with pytest.raises(PrivferError, match="class bias"):
+        fit_calibration(z, y, classes, "sideways")

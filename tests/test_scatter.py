@@ -145,7 +145,7 @@ def test_pooled_linear_head_averages_the_feature_maps():
 
 def test_online_augmentation_and_class_bias_reach_the_card(tiny_fer, tmp_path):
     """feature_cache: false runs the front-end on transformed faces in both stages; class offsets are fit
-    on validation, stored in the card and used by LoadedModel.probs."""
+    on validation, stored in the card and used by LoadedModel.predict for the label."""
     from privfer.errors import PrivferError
 
     cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", public_split=0.3, model="scatter-linear",
@@ -160,7 +160,9 @@ def test_online_augmentation_and_class_bias_reach_the_card(tiny_fer, tmp_path):
     from privfer.models.io import softmax
     val = load_faces(f"fer2013:{tiny_fer}@val")
     z = lm.logits(val.pixels)
-    np.testing.assert_allclose(lm.probs(val.pixels), softmax(z, card["temperature"], np.array(card["class_bias"])),
-                               rtol=1e-5, atol=1e-7)
+    assert card["calibration_version"] == 2  # offsets decide labels; probabilities are softmax(z / T)
+    np.testing.assert_allclose(lm.probs(val.pixels), softmax(z, card["temperature"]), rtol=1e-5, atol=1e-7)
+    probs, labels = lm.predict(val.pixels)
+    np.testing.assert_array_equal(labels, (z / card["temperature"] + np.array(card["class_bias"])).argmax(1))
     with pytest.raises(PrivferError, match="class_bias"):
         TrainConfig.from_dict(dict(private="x:y", class_bias="yes"))

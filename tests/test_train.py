@@ -229,3 +229,58 @@ def test_every_config_parses_builds_its_model_and_writes_runs_of_its_name(path):
     assert cfg.out == f"runs/{path.stem}"  # the README's `privfer train --config configs/NAME.yaml` -> runs/NAME
     net = build_model(cfg.model, 7, **cfg.model_kwargs)
     assert ModuleValidator.is_valid(net)
+
+
+def test_validation_images_that_are_private_training_data_are_dropped(tiny_fer, tmp_path):
+    """Validation data is used without privacy (selection, calibration): an image that is private training data
+    too would be used outside the guarantee, so it leaves the validation set and the card counts it."""
+    import shutil
+
+    from privfer.train.loop import prepare_data
+
+    for i, src in enumerate(sorted((tiny_fer / "train" / "sad").glob("*.jpg"))[:2]):  # 2 training images in val
+        shutil.copy(src, tiny_fer / "test" / "sad" / f"PublicTest_9999999{i}.jpg")
+    cfg = _cfg(tmp_path, "v", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1)
+    data = prepare_data(cfg)
+    assert len(data.val) == 56 and data.val.dropped["in private training data"] == 2
+    assert not set(data.val.hashes.tolist()) & set(data.private.hashes.tolist())
+    card = _card(train(cfg, progress=False, log=lambda *_: None))
+    assert card["val_data"]["n"] == 56 and card["val_data"]["private_overlap_dropped"] == 2
+    assert card["calibration_version"] == 2
+    # without private data nothing is protected, so nothing is dropped
+    assert len(prepare_data(_cfg(tmp_path, "p", public=f"fer2013:{tiny_fer}")).val) == 58
+
+
+def test_calibrate_refits_on_new_data_and_leaves_out_private_images(tiny_fer, tmp_path, capsys):
+    import shutil
+
+    for i, src in enumerate(sorted((tiny_fer / "train" / "sad").glob("*.jpg"))[:2]):
+        shutil.copy(src, tiny_fer / "test" / "sad" / f"PublicTest_9999999{i}.jpg")
+    run = train(_cfg(tmp_path, "r", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, class_bias="mixed"),
+                progress=False, log=lambda *_: None)
+    before = _card(run)
+    out = tmp_path / "calibrated"
+    assert main(["calibrate", str(run), "--data", f"fer2013:{tiny_fer}@val", "--out", str(out),
+                 "--class-bias", "balanced", "--negative-recall", "0.9"]) == 0
+    err = capsys.readouterr().err
+    assert "2 images of" in err and "not used" in err
+    card = _card(out)
+    assert card["calibration_data"]["n"] == 56 and card["calibration_data"]["private_overlap_dropped"] == 2
+    assert card["class_bias_objective"] == "balanced" and card["negative_recall_target"] == 0.9
+    assert card["calibrated_on"].endswith("@val") and "without privacy" in card["calibration_use"]
+    for key in ("epsilon_spent", "private_data", "guarantee", "config", "classes"):
+        assert card[key] == before[key]
+    assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    # in place: only the card changes
+    weights_mtime = (run / "model.safetensors").stat().st_mtime_ns
+    assert main(["calibrate", str(run), "--data", f"fer2013:{tiny_fer}@val", "--out", str(run)]) == 0
+    assert (run / "model.safetensors").stat().st_mtime_ns == weights_mtime
+    assert _card(run)["class_bias_objective"] == "mixed"  # the card's own objective by default
+    capsys.readouterr()
+    assert main(["calibrate", str(run), "--data", f"fer2013:{tmp_path / 'nowhere'}@val", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    other = train(_cfg(tmp_path, "other", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, seed=9),
+                  progress=False, log=lambda *_: None)
+    card_before = (other / "model_card.json").read_text()
+    assert main(["calibrate", str(run), "--data", f"fer2013:{tiny_fer}@val", "--out", str(other)]) == 2
+    assert "another model" in capsys.readouterr().err and (other / "model_card.json").read_text() == card_before

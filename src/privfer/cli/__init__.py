@@ -12,7 +12,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from ..errors import PrivferError
 
-VERBS = ("data", "train", "evaluate", "report", "audit", "predict", "export", "bench")
+VERBS = ("data", "train", "evaluate", "calibrate", "report", "audit", "predict", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

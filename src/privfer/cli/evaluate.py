@@ -11,14 +11,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..eval.evaluate import DEFAULT_SPLIT, TTA_MODES
 
     p = sub.add_parser(
-        "evaluate", help="accuracy, loss, macro-F1, per-class and negative-vs-rest metrics on a dataset split",
+        "evaluate", help="accuracy, loss, macro-F1, per-class, negative-vs-rest and calibration metrics on a dataset split",
         description="Evaluate a model on every image of a dataset split, un-augmented and deterministic. Samples of "
                     "classes the model lacks are dropped (and counted); predictions are restricted to the shared classes.")
     p.add_argument("model", metavar="MODEL", help="run directory, .safetensors file (card beside it) or shipped model name")
     p.add_argument("--data", required=True, metavar="SPEC", help="KIND:PATH[@SPLIT], e.g. fer2013:../shared/data/fer2013@val")
     p.add_argument("--split", choices=SPLITS, help=f"split to evaluate (overrides @SPLIT; default {DEFAULT_SPLIT})")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--out", metavar="DIR", help="also write evaluation.json, confusion CSVs and confusion.png here")
+    p.add_argument("--out", metavar="DIR", help="also write evaluation.json, confusion CSVs, confusion.png and reliability.png here")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (flip: average with the mirror)")
     p.add_argument("--batch-size", type=int, default=512, help="faces per forward pass (default 512)")
     p.set_defaults(func=run)
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def format_summary(r: dict) -> str:
     """A readable multi-line summary of an evaluation result."""
-    neg = r["negative"]
+    neg, cal = r["negative"], r["calibration"]
 
     def num(x, fmt=".3f"):
         return "n/a" if x is None else format(x, fmt)
@@ -45,6 +45,9 @@ def format_summary(r: dict) -> str:
         + f" ({r['loss_uncalibrated']:.4f} at temperature 1{', no offsets' if offsets else ''})",
         f"negative vs rest ({neg['support']} negative): AUROC {num(neg['auroc'])}  AP {num(neg['average_precision'])}"
         f"  at threshold {neg['threshold']:.3g}: precision {neg['precision']:.3f} recall {neg['recall']:.3f} F1 {neg['f1']:.3f}",
+        f"calibration: ECE {num(cal['ece'])} ({num(cal['ece_uncalibrated'])} at temperature 1{', no offsets' if offsets else ''})"
+        f"  Brier {cal['brier']:.4f}  negative-score ECE {num(cal['negative_ece'])}"
+        + ("  (in sample: the card's calibration was fit on this data)" if cal["fit_on_this_data"] else ""),
         "",
         f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}",
     ]

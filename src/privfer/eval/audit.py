@@ -37,6 +37,7 @@ import numpy as np
 
 from ..data.cache import FaceSet, cache_dir, load_faces
 from ..errors import PrivferError
+from ..infer.outputs import save_figure
 from ..models.io import LoadedModel, load_model, write_json_atomic
 from . import metrics as M
 
@@ -67,7 +68,7 @@ class Sides:
     pool: tuple[FaceSet, FaceSet] | None = None
 
 
-def _to_classes(fs: FaceSet, classes: tuple[str, ...]) -> tuple[FaceSet, int]:
+def to_classes(fs: FaceSet, classes: tuple[str, ...]) -> tuple[FaceSet, int]:
     """``fs`` with labels re-indexed to ``classes``; rows of unknown or other classes dropped (counted)."""
     lut = np.array([classes.index(c) if c in classes else -1 for c in fs.classes] + [-1], np.int64)
     lab = lut[np.where(fs.labels >= 0, fs.labels, len(fs.classes))]
@@ -125,8 +126,8 @@ def load_sides(model: LoadedModel, members: str, non_members: str, *, limit: int
     """
     classes = model.classes
     size = model.input_size
-    m_fs, m_drop = _to_classes(load_faces(members, size=size, progress=progress), classes)
-    n_fs, n_drop = _to_classes(load_faces(non_members, size=size, progress=progress), classes)
+    m_fs, m_drop = to_classes(load_faces(members, size=size, progress=progress), classes)
+    n_fs, n_drop = to_classes(load_faces(non_members, size=size, progress=progress), classes)
     train = training_hashes(model.card, source=model.name, progress=progress)
     seen = train["private"] | train["public"]
     not_in = ~np.isin(m_fs.hashes, list(seen))
@@ -502,10 +503,7 @@ def plot_roc(member_scores, non_member_scores, path: Path, title: str = "") -> P
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the audit

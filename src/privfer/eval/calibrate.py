@@ -1,8 +1,11 @@
 """Post-hoc calibration on a validation split: softmax temperature, per-class logit offsets and the
 negative-score threshold.
 
-Training calls them at its end and stores ``temperature``, ``class_bias`` and ``negative_threshold`` in
-the model card; probabilities are then ``softmax(logits / temperature + class_bias)``.
+:func:`fit_calibration` fits all three; training calls it at its end, ``privfer calibrate`` on any labelled
+data, and both store ``temperature``, ``class_bias`` and ``negative_threshold`` in the model card.
+Probabilities (and the negative score, their mass on the negative classes) are then
+``softmax(logits / temperature)``, and the label is ``argmax(logits / temperature + class_bias)`` (see
+``LoadedModel.calibrated``).
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import math
 import numpy as np
 
 from ..errors import PrivferError
-from ..models.io import softmax
+from ..models.io import CALIBRATION_VERSION, softmax
+from ..taxonomy import negative_mask
 from .metrics import binary_curve
 
 #: Search range for the temperature.
@@ -128,3 +132,80 @@ def fit_class_bias(logits, labels, objective: str = "mixed", iters: int = 50) ->
         if np.abs(step).max() < 1e-10:
             break
     return b - b.mean()
+
+
+def fit_calibration(logits, labels, classes, class_bias: str = "off", negative_recall: float | None = None) -> dict:
+    """Temperature, class offsets (objective ``class_bias``: ``off``, ``mixed`` or ``balanced``) and negative
+    threshold for a model's ``logits`` [N, C] on labelled data (``labels`` index ``classes``), as model card
+    fields: ``temperature``, ``class_bias`` (None when off), ``class_bias_objective``, ``negative_threshold``
+    (on the negative score of the calibrated probabilities; see :func:`fit_threshold` for ``negative_recall``)
+    and ``calibration_version``."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64).ravel()
+    if class_bias != "off" and class_bias not in BIAS_OBJECTIVES:
+        raise PrivferError(f"class bias must be off or one of {', '.join(BIAS_OBJECTIVES)}, got {class_bias!r}")
+    t = fit_temperature(z, y)
+    bias = None if class_bias == "off" else fit_class_bias(z / t, y, class_bias)
+    neg_mask = np.array(negative_mask(classes))
+    neg_score = softmax(z, t)[:, neg_mask].sum(axis=1)
+    return {"temperature": float(t), "class_bias": None if bias is None else [float(v) for v in bias],
+            "class_bias_objective": None if bias is None else class_bias,
+            "negative_threshold": float(fit_threshold(neg_score, neg_mask[y], negative_recall)),
+            "calibration_version": CALIBRATION_VERSION}
+
+
+def recalibrate(model, spec, out, class_bias: str | None = None, negative_recall: float | None = None,
+                batch_size: int = 512, log=print) -> dict:
+    """Refit a model's calibration (:func:`fit_calibration`) on the labelled data ``spec`` and write the model
+    with its new card to ``out`` (a run directory; the weights are copied unless they are already there).
+
+    ``class_bias`` defaults to the card's objective (``off`` without one) and ``negative_recall`` to the card's
+    target. Samples of classes the model lacks are dropped, and so are images of the model's DP-protected
+    training data (by content hash, where that data can be read): the calibration is released without
+    privacy. Returns the new card.
+    """
+    import shutil
+    from pathlib import Path
+
+    from ..data.cache import load_faces
+    from ..infer.outputs import atomic_path
+    from ..models.io import load_model, resolve, write_json_atomic
+    from ..train.card import describe_data
+    from ..train.data import IN_PRIVATE
+    from .audit import to_classes, training_hashes
+
+    lm = load_model(model)
+    fs, dropped = to_classes(load_faces(spec, size=lm.input_size), lm.classes)
+    if len(fs) == 0:
+        raise PrivferError(f"{spec}: no sample belongs to a class of the model ({', '.join(lm.classes)})")
+    try:
+        private = training_hashes(lm.card, source=lm.name or str(model))["private"]
+    except PrivferError as e:
+        private = None
+        log(f"privfer calibrate: warning: overlap with the DP-protected training data not checked ({e})")
+    overlap = np.isin(fs.hashes, list(private or ()))
+    if overlap.any():  # as in training: such images would be used outside the DP guarantee
+        fs = fs.subset(~overlap)
+        fs.dropped[IN_PRIVATE] = int(overlap.sum())
+        log(f"privfer calibrate: {int(overlap.sum())} images of {spec} are DP-protected training data of the model: "
+            "not used")
+        if len(fs) == 0:
+            raise PrivferError(f"{spec}: every image is DP-protected training data of the model; calibrating on them "
+                               "without privacy would void its guarantee")
+    objective = class_bias or lm.card.get("class_bias_objective") or "off"
+    recall = negative_recall if negative_recall is not None else lm.card.get("negative_recall_target")
+    calib = fit_calibration(lm.logits(fs.pixels, batch_size=batch_size), fs.labels, lm.classes, objective, recall)
+    weights, _ = resolve(model)
+    target = Path(out) / "model.safetensors"
+    if target.exists() and target.read_bytes() != weights.read_bytes():
+        raise PrivferError(f"{out}: holds another model's weights; give a new directory or the model's own")
+    described = describe_data(fs)
+    card = {**lm.card, **calib, "negative_recall_target": recall, "calibrated_on": described["spec"],
+            "calibration_data": {**described, "other_classes_dropped": dropped},
+            "calibration_use": (f"calibration data ({described['spec']}) was used, without privacy, only to fit the "
+                                "temperature, class offsets and negative threshold")}
+    if not target.exists():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(weights, tmp)
+    write_json_atomic(target.parent / "model_card.json", card)
+    return card

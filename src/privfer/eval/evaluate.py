@@ -16,6 +16,7 @@ import numpy as np
 from ..data.cache import load_faces
 from ..data.spec import SPLITS, DatasetSpec, parse_spec
 from ..errors import PrivferError
+from ..infer.outputs import atomic_path, save_figure
 from ..models.io import LoadedModel, load_model, softmax, write_json_atomic
 from ..taxonomy import negative_mask
 from . import metrics as M
@@ -47,13 +48,18 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
              tta: bool | str = False, batch_size: int = 512) -> dict:
     """Evaluate ``model`` (a reference for :func:`load_model` or a :class:`LoadedModel`) on ``spec``.
 
-    Faces are loaded at the model's input size. Returns ``accuracy``, ``loss`` (mean cross-entropy
-    per example, nats, with the card's temperature and class offsets), ``loss_uncalibrated`` (temperature 1,
-    no offsets), ``class_bias`` and ``accuracy_without_class_bias``,
-    ``macro_f1``, ``balanced_accuracy``, ``majority_baseline``, ``per_class``, ``confusion``,
-    ``negative`` (negative-vs-rest: AUROC, average precision, and precision/recall/F1 at the card's
-    threshold), ``dropped`` (samples per dataset class the model lacks), ``n``, ``model``, ``data``,
-    ``tta`` and more; see :mod:`privfer.eval.metrics` for the metric conventions.
+    Faces are loaded at the model's input size. Predictions and probabilities are the card's calibrated ones
+    (:meth:`LoadedModel.calibrated`: labels with the class offsets, probabilities without them from
+    calibration version 2 on). Returns ``accuracy``, ``loss`` (mean cross-entropy per example, nats, of the
+    calibrated probabilities), ``loss_uncalibrated`` (temperature 1, no offsets), ``class_bias`` and
+    ``accuracy_without_class_bias``, ``macro_f1``, ``balanced_accuracy``, ``majority_baseline``,
+    ``per_class``, ``confusion``, ``negative`` (negative-vs-rest: AUROC, average precision, and
+    precision/recall/F1 at the card's threshold), ``calibration`` (top-label ECE of the calibrated
+    probabilities and at temperature 1, Brier score, ECE of the negative score as the probability of a
+    negative expression, both reliability diagrams' bins, the card's ``version``, and ``fit_on_this_data``:
+    whether the card's calibration was fit on this very data), ``dropped`` (samples per dataset class the
+    model lacks), ``n``, ``model``, ``data``, ``tta`` and more; see :mod:`privfer.eval.metrics` for the
+    metric conventions.
     """
     if batch_size < 1:
         raise PrivferError(f"batch size must be >= 1, got {batch_size}")
@@ -84,8 +90,7 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
 
     logits = lm.logits(pixels, batch_size=batch_size, tta=mode == "flip")[:, cols].astype(np.float64)
     bias = lm.class_bias[cols]
-    probs = softmax(logits, lm.temperature, bias)
-    pred = probs.argmax(axis=1)
+    probs, pred = lm.calibrated(logits, cols)
     cm = M.confusion_matrix(y, pred, len(shared))
     pc = M.per_class(cm)
 
@@ -95,6 +100,7 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
     neg_mask = negative_mask(shared)
     is_neg = np.array(neg_mask)[y]
     support = cm.sum(axis=1)
+    data_hash = fs.subset(keep).data_hash()
 
     return {
         "model": lm.name,
@@ -125,11 +131,38 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
             **M.binary_at_threshold(is_neg, neg_score, lm.threshold),
             "threshold": lm.threshold,
         },
+        "calibration": {
+            "version": lm.calibration_version,
+            "n_bins": M.CALIBRATION_BINS,
+            "ece": M.top_label_ece(probs, y),
+            "ece_uncalibrated": M.top_label_ece(softmax(logits, 1.0), y),
+            "brier": M.brier_score(probs, y),
+            "negative_ece": M.calibration_error(neg_score, is_neg),
+            "reliability": M.reliability(probs.max(axis=1), probs.argmax(axis=1) == y),
+            "negative_reliability": M.reliability(neg_score, is_neg),
+            "fit_on_this_data": _calibrated_on(lm.card, ds, data_hash),
+        },
         "dropped": dropped,
         "model_only_classes": [c for c in lm.classes if c not in shared],
         "data_dropped": data_dropped,
-        "data_hash": fs.subset(keep).data_hash(),
+        "data_hash": data_hash,
     }
+
+
+def _calibrated_on(card: dict, ds: DatasetSpec, data_hash: str) -> bool:
+    """Whether the card's temperature, offsets and threshold were fit on this data (then its calibration metrics
+    are in-sample): the same data hash, or the same split of the same dataset (training leaves out validation
+    images that are private training data, so the hashes can differ)."""
+    rec = card.get("calibration_data") or card.get("val_data")
+    if not isinstance(rec, dict):
+        return False
+    if rec.get("data_hash") == data_hash:
+        return True
+    try:
+        fit = parse_spec(str(rec.get("spec")))
+    except PrivferError:
+        return False
+    return (fit.kind, fit.path.resolve(), fit.split) == (ds.kind, ds.path.resolve(), ds.split)
 
 
 def plot_confusion(classes: list[str], counts, path: Path, title: str = "") -> Path:
@@ -156,14 +189,43 @@ def plot_confusion(classes: list[str], counts, path: Path, title: str = "") -> P
         ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
+
+
+def plot_reliability(calibration: dict, path: Path, title: str = "") -> Path:
+    """Reliability diagrams PNG: the predicted class's probability against how often it is right, and the
+    negative score against how often the face is negative; bar width shows the bin, the dot its mean
+    prediction, the diagonal perfect calibration."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.4, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    panels = [("reliability", "ece", "probability of the predicted class", "fraction right"),
+              ("negative_reliability", "negative_ece", "negative score", "fraction negative")]
+    for k, (key, ece, xlabel, ylabel) in enumerate(panels, 1):
+        ax = fig.add_subplot(1, 2, k)
+        r = calibration[key]
+        edges, count = np.asarray(r["edges"]), np.asarray(r["count"])
+        used = count > 0
+        ax.bar(edges[:-1][used], np.asarray(r["frequency"])[used], width=np.diff(edges)[used], align="edge",
+               color="tab:blue", alpha=0.6, edgecolor="white")
+        ax.plot(np.asarray(r["mean_prob"])[used], np.asarray(r["frequency"])[used], "o", color="tab:blue", ms=3)
+        ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        value = calibration.get(ece)
+        ax.set_title(f"ECE {value:.3f}" if value is not None else "ECE n/a", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def _write_matrix_csv(path: Path, classes: list[str], rows) -> None:
-    with open(path, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["true\\predicted", *classes])
         for c, row in zip(classes, rows):
@@ -171,16 +233,19 @@ def _write_matrix_csv(path: Path, classes: list[str], rows) -> None:
 
 
 def write_outputs(result: dict, out_dir: str | Path) -> list[Path]:
-    """Write ``evaluation.json``, ``confusion_counts.csv``, ``confusion_normalized.csv`` and
-    ``confusion.png`` for an :func:`evaluate` result; returns the paths."""
+    """Write ``evaluation.json``, ``confusion_counts.csv``, ``confusion_normalized.csv``, ``confusion.png``
+    and ``reliability.png`` for an :func:`evaluate` result, each atomically; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     conf = result["confusion"]
     paths = [out / "evaluation.json", out / "confusion_counts.csv", out / "confusion_normalized.csv",
-             out / "confusion.png"]
+             out / "confusion.png", out / "reliability.png"]
     write_json_atomic(paths[0], result)
     _write_matrix_csv(paths[1], conf["classes"], conf["counts"])
     _write_matrix_csv(paths[2], conf["classes"], [[f"{v:.4f}" for v in row] for row in conf["normalized"]])
     plot_confusion(conf["classes"], conf["counts"], paths[3],
                    title=f"{result['model']} on {result['data']} (n={result['n']})")
+    plot_reliability(result["calibration"], paths[4],
+                     title=f"{result['model']} on {result['data']} (n={result['n']})"
+                     + (", calibrated on this data" if result["calibration"]["fit_on_this_data"] else ""))
     return paths

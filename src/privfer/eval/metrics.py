@@ -13,6 +13,9 @@ Conventions (each function repeats the one it uses):
 * Binary metrics take scores where higher means "positive"; a sample is predicted positive when
   ``score >= threshold``. AUROC and average precision are ``None`` when only one class is present
   (they are undefined there, and ``None`` stays valid JSON).
+* Calibration metrics compare predicted probabilities with observed frequencies in equal-width bins
+  of [0, 1] (Guo et al. 2017, "On Calibration of Modern Neural Networks"); ECE is ``None`` for an
+  empty set.
 """
 from __future__ import annotations
 
@@ -177,3 +180,60 @@ def binary_at_threshold(is_pos, scores, threshold: float) -> dict[str, float]:
     recall = float(_ratio(tp, y.sum()))
     f1 = float(_ratio(2 * precision * recall, precision + recall))
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+#: Equal-width probability bins of the calibration metrics (Guo et al. 2017 use 15).
+CALIBRATION_BINS = 15
+
+
+def reliability(prob, outcome, n_bins: int = CALIBRATION_BINS) -> dict:
+    """Reliability diagram data: predicted probabilities ``prob`` of events ``outcome`` (bool) in ``n_bins``
+    equal-width bins ``(k/n, (k+1)/n]`` (the first also holds 0).
+
+    Returns ``edges`` (n_bins + 1 floats) and, per bin, ``count``, ``mean_prob`` (mean predicted probability)
+    and ``frequency`` (fraction of events); the two are 0.0 in an empty bin.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    p = np.asarray(prob, np.float64).ravel()
+    y = np.asarray(outcome, bool).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"{p.size} probabilities but {y.size} outcomes")
+    if p.size and (p.min() < 0.0 or p.max() > 1.0):
+        raise ValueError("probabilities must lie in [0, 1]")
+    idx = np.clip(np.ceil(p * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    return {"edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
+            "count": count.tolist(),
+            "mean_prob": _ratio(np.bincount(idx, weights=p, minlength=n_bins), count).tolist(),
+            "frequency": _ratio(np.bincount(idx, weights=y, minlength=n_bins), count).tolist()}
+
+
+def calibration_error(prob, outcome, n_bins: int = CALIBRATION_BINS) -> float | None:
+    """Expected calibration error: ``sum_b (n_b / n) |frequency_b - mean_prob_b|`` over the bins of
+    :func:`reliability`. ``None`` for an empty set."""
+    r = reliability(prob, outcome, n_bins)
+    count = np.asarray(r["count"], np.float64)
+    if count.sum() == 0:
+        return None
+    gap = np.abs(np.asarray(r["frequency"]) - np.asarray(r["mean_prob"]))
+    return float((count * gap).sum() / count.sum())
+
+
+def top_label_ece(probs: np.ndarray, labels, n_bins: int = CALIBRATION_BINS) -> float | None:
+    """ECE of the predicted class's probability (Guo et al.'s "confidence") against being right."""
+    p = np.asarray(probs, np.float64)
+    if len(p) == 0:
+        return None
+    return calibration_error(p.max(axis=1), p.argmax(axis=1) == np.asarray(labels, np.int64), n_bins)
+
+
+def brier_score(probs: np.ndarray, labels) -> float:
+    """Multi-class Brier score: mean over examples of ``sum_k (p_k - [k == label])^2`` (0 is perfect, at most 2)."""
+    p = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, np.int64)
+    if len(labels) == 0:
+        return 0.0
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(((p - onehot) ** 2).sum(axis=1).mean())

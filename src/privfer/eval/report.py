@@ -19,6 +19,7 @@ import numpy as np
 from ..data.readers import read_dataset
 from ..data.spec import parse_spec
 from ..errors import PrivferError
+from ..infer.outputs import atomic_path, save_figure
 from ..models.io import LoadedModel, load_model
 from .audit import find_audits
 from .evaluate import evaluate, write_outputs
@@ -26,6 +27,8 @@ from .evaluate import evaluate, write_outputs
 #: Classes whose recall the tables single out: the rare and hard ones.
 FOCUS_CLASSES = ("disgust", "fear", "contempt")
 NA = "n/a"
+#: Marks a calibration error measured on the very split the calibration was fit on.
+IN_SAMPLE = " ¹"
 
 
 @dataclass
@@ -310,8 +313,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_recall(runs: list[RunSummary], path: Path, title: str = "") -> Path:
@@ -331,8 +333,7 @@ def plot_recall(runs: list[RunSummary], path: Path, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the report
@@ -354,7 +355,7 @@ def make_report(run_dirs: list[str | Path], out_dir: str | Path, batch_size: int
     Runs are grouped by training dataset. Per dataset: the seed paper's table (train/validation
     accuracy and loss at the final epoch, test loss and accuracy where the test split is available),
     a validation evaluation table, the privacy guarantee of each model, per-class recall with the
-    two weakest classes named, training curves and validation confusion matrices.
+    two weakest classes named, training curves, validation reliability diagrams and confusion matrices.
     """
     if not run_dirs:
         raise PrivferError("no runs given")
@@ -395,13 +396,21 @@ def make_report(run_dirs: list[str | Path], out_dir: str | Path, batch_size: int
         for i in idx:
             r, v = runs[i], runs[i].val
             if v is None:
-                rows.append([r.name, r.val_note, *[NA] * (7 + len(FOCUS_CLASSES))])
+                rows.append([r.name, r.val_note, *[NA] * (9 + len(FOCUS_CLASSES))])
                 continue
+            cal = v["calibration"]
             rows.append([r.name, v["data"], v["n"], _pct(v["accuracy"]), _num(v["loss"]), _num(v["macro_f1"], ".3f"),
                          _pct(v["balanced_accuracy"]), _pct(v["majority_baseline"]),
-                         _num(v["negative"]["auroc"], ".3f"), *[_recall(v, c) for c in FOCUS_CLASSES]])
+                         _num(v["negative"]["auroc"], ".3f"), *[_recall(v, c) for c in FOCUS_CLASSES],
+                         _num(cal["ece"], ".3f") + IN_SAMPLE * cal["fit_on_this_data"],
+                         _num(cal["negative_ece"], ".3f") + IN_SAMPLE * cal["fit_on_this_data"]])
         md += [_table(["run", "data", "n", "accuracy", "loss (calibrated)", "macro-F1", "balanced accuracy",
-                       "majority baseline", "negative AUROC", *[f"{c} recall" for c in FOCUS_CLASSES]], rows), ""]
+                       "majority baseline", "negative AUROC", *[f"{c} recall" for c in FOCUS_CLASSES],
+                       "ECE", "negative-score ECE"], rows), ""]
+        if any(runs[i].val and runs[i].val["calibration"]["fit_on_this_data"] for i in idx):
+            md += [f"{IN_SAMPLE.strip()} In sample: the run's temperature and class offsets were fit on this split "
+                   "(less any images that are also its private training data); "
+                   "`benchmarks/class_bias_crossfit.py` measures them cross-fitted.", ""]
         dropped = [f"- {runs[i].name}: dropped {runs[i].val['dropped']} (classes the model lacks)"
                    for i in idx if runs[i].val and any(runs[i].val["dropped"].values())]
         md += dropped + ([""] if dropped else [])
@@ -434,9 +443,14 @@ def make_report(run_dirs: list[str | Path], out_dir: str | Path, batch_size: int
             plot_curves(r.metrics, out / name, title=r.name)
             md += [f"![training curves of {r.name}]({name})", ""]
 
+        md += ["### Reliability diagrams (validation)", ""]
+        md += [f"![reliability diagrams of {runs[i].name}]({slugs[i]}/val/reliability.png)" for i in idx if runs[i].val]
+        md.append("")
+
         md += ["### Confusion matrices (validation)", ""]
         md += [f"![confusion matrix of {runs[i].name}]({slugs[i]}/val/confusion.png)" for i in idx if runs[i].val]
         md.append("")
     path = out / "report.md"
-    path.write_text("\n".join(md).rstrip() + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(md).rstrip() + "\n")
     return path

@@ -36,7 +36,8 @@ BACKENDS = ("torch", "onnxruntime")
 class FaceResult:
     """One classified face. ``box`` is ``(x, y, w, h)`` in image pixels; ``landmarks`` five ``(x, y)``
     points (eyes, nose, mouth corners) or None; ``probs`` maps each model class to its calibrated
-    probability; ``negative_score`` is the probability mass on negative classes and
+    probability; ``label`` is the decided class (with the card's class offsets, which favour rare classes, so
+    not always the most probable one); ``negative_score`` is the probability mass on negative classes and
     ``negative_flag`` whether it reaches the model card's threshold."""
 
     box: tuple[int, int, int, int]
@@ -141,15 +142,15 @@ class Analyzer:
         gray = to_gray(img)
         s = self.model.input_size
         crops = np.stack([align_face(gray, f.box, f.landmarks, size=s, margin=self.margin) for f in faces])
-        probs = self.model.probs(crops, batch_size=self.batch_size)
+        probs, labels = self.model.predict(crops, batch_size=self.batch_size)
         neg = self.model.negative_score(probs)
         thr = self.model.threshold
         out = []
-        for f, p, n in zip(faces, probs, neg):
+        for f, p, k, n in zip(faces, probs, labels, neg):
             lm = None if f.landmarks is None else tuple((float(x), float(y)) for x, y in f.landmarks)
             out.append(FaceResult(
                 box=tuple(int(v) for v in f.box), score=float(f.score), landmarks=lm,
-                probs={c: float(v) for c, v in zip(self.classes, p)}, label=self.classes[int(np.argmax(p))],
+                probs={c: float(v) for c, v in zip(self.classes, p)}, label=self.classes[int(k)],
                 negative_score=float(n), negative_flag=bool(n >= thr),
             ))
         return out

@@ -70,6 +70,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         f.discard()
 
 
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure to ``path`` atomically, in the format its suffix names (PNG without one)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    return path
+
+
 class _TextSink:
     """A text destination: stdout (``out`` None or ``-``), or a file that appears only on :meth:`commit`."""
 

@@ -99,6 +99,13 @@ def resolve(ref: str | Path | None) -> tuple[Path, Path]:
     return w, c
 
 
+#: Calibration written into new model cards. Version 2: probabilities (and so the negative score) are
+#: ``softmax(logits / temperature)``, and the class offsets only move the decided label. Version 1 (cards
+#: without ``calibration_version``) also put the offsets into the probabilities, which made them
+#: over-predict the rare classes the offsets favour.
+CALIBRATION_VERSION = 2
+
+
 @dataclass
 class LoadedModel:
     """A model in eval mode with its card; the one place that turns face crops into probabilities."""
@@ -146,10 +153,32 @@ class LoadedModel:
         b = self.card.get("class_bias")
         return np.zeros(len(self.classes)) if b is None else np.asarray(b, np.float64)
 
+    @property
+    def calibration_version(self) -> int:
+        """How the card's class offsets are used (see :data:`CALIBRATION_VERSION`); 1 for cards without the key."""
+        return int(self.card.get("calibration_version", 1))
+
+    def calibrated(self, logits: np.ndarray, cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and the decided class index for each row of ``logits``.
+
+        The label is ``argmax(logits / temperature + class_bias)``. The probabilities are
+        ``softmax(logits / temperature)``: the class offsets shift decisions towards rare classes but not the
+        probabilities, which stay calibrated (cards of calibration version 1 add the offsets to them too).
+        ``cols`` restricts both to those of the model's classes (``logits`` then has only their columns).
+        """
+        bias = self.class_bias if cols is None else self.class_bias[cols]
+        z = np.asarray(logits, np.float64) / max(self.temperature, 1e-6)
+        labels = (z + bias).argmax(axis=1)
+        return softmax(z, 1.0, bias if self.calibration_version == 1 else None), labels
+
+    def predict(self, pixels: np.ndarray, batch_size: int = 512, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and decided class indices for uint8 faces (see :meth:`calibrated`)."""
+        return self.calibrated(self.logits(pixels, batch_size, tta))
+
     def probs(self, pixels: np.ndarray, batch_size: int = 512, tta: bool = False, calibrated: bool = True) -> np.ndarray:
-        """Class probabilities; when ``calibrated``, ``softmax(logits / temperature + class_bias)`` with the card's."""
+        """Class probabilities: calibrated (see :meth:`calibrated`), or ``softmax(logits)`` without ``calibrated``."""
         z = self.logits(pixels, batch_size, tta)
-        return softmax(z, self.temperature, self.class_bias) if calibrated else softmax(z)
+        return self.calibrated(z)[0] if calibrated else softmax(z)
 
     def negative_score(self, probs: np.ndarray) -> np.ndarray:
         """Probability mass on the negative classes (anger, disgust, fear, sadness, contempt)."""

@@ -6,6 +6,7 @@ import sys
 
 from .. import __version__
 from ..models.registry import card_kwargs
+from .data import IN_PRIVATE
 from .privacy import PrivacyState
 
 
@@ -20,12 +21,15 @@ def environment(seed: int) -> dict:
             "threads": torch.get_num_threads(), "seed": seed}
 
 
-def _describe(fs, subset: str | None = None) -> dict | None:
+def describe_data(fs, subset: str | None = None) -> dict | None:
+    """How a model card names a data set: spec, size, hash of its content, class counts and what was dropped."""
     if fs is None:
         return None
     d = {"spec": fs.spec, "n": len(fs), "data_hash": fs.data_hash(), "class_counts": fs.class_counts()}
     if fs.dropped.get("duplicate image"):
         d["duplicates_dropped"] = fs.dropped["duplicate image"]
+    if fs.dropped.get(IN_PRIVATE):
+        d["private_overlap_dropped"] = fs.dropped[IN_PRIVATE]
     if subset:
         d["subset"] = subset
     return d
@@ -65,9 +69,9 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "accountant": privacy.accountant if privacy else None,
         "accountant_history": privacy.history if privacy else None,
         "world_size": world_size,
-        "private_data": _describe(data.private, split_note and f"images with content-hash fraction >= {cfg.public_split}"),
-        "public_data": _describe(data.public, split_note and f"images with content-hash fraction < {cfg.public_split}"),
-        "val_data": _describe(data.val),
+        "private_data": describe_data(data.private, split_note and f"images with content-hash fraction >= {cfg.public_split}"),
+        "public_data": describe_data(data.public, split_note and f"images with content-hash fraction < {cfg.public_split}"),
+        "val_data": describe_data(data.val),
         "guarantee": guarantee,
         "public_data_note": public_note,
         "validation_use": (f"validation data ({data.val.spec}) was used, without privacy, only for checkpoint "
@@ -77,7 +81,8 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
                               "share them only as far as that data may be shared",
         "temperature": calib["temperature"],
         "class_bias": calib.get("class_bias"),
-        "class_bias_objective": None if calib.get("class_bias") is None else cfg.class_bias,
+        "class_bias_objective": calib.get("class_bias_objective"),
+        "calibration_version": calib["calibration_version"],
         "negative_threshold": calib["negative_threshold"],
         "negative_recall_target": cfg.negative_recall,
         "calibrated_on": calib["calibrated_on"],

@@ -13,6 +13,10 @@ def to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
+#: ``FaceSet.dropped`` key of validation images dropped because they are private training data too.
+IN_PRIVATE = "in private training data"
+
+
 def hash_fraction(hex_hash: str) -> float:
     """Map a content hash to [0, 1): equal images always land on the same side of any split."""
     return int(hex_hash[:13], 16) / float(1 << 52)

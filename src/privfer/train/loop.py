@@ -26,14 +26,14 @@ from torch import nn
 from ..data.cache import FaceSet, load_faces
 from ..data.spec import parse_spec
 from ..errors import PrivferError
-from ..models.io import LoadedModel, save_weights, softmax, write_json_atomic
+from ..models.io import CALIBRATION_VERSION, LoadedModel, save_weights, write_json_atomic
 from ..models.registry import build_model
 from . import distributed
 from .augment import Augment
 from .card import environment, model_card
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
-from .data import check_disjoint, split_by_hash, to_input
+from .data import IN_PRIVATE, check_disjoint, split_by_hash, to_input
 from .dp import DPStepper
 from .features import FeatureViews, cached, frontend_of, head_logits
 from .objective import Objective
@@ -87,6 +87,14 @@ def prepare_data(cfg: TrainConfig, progress: bool = False) -> Data:
             val = None  # the dataset has no validation split
     if val is not None and val.classes != main.classes:
         raise PrivferError(f"validation classes {val.classes} differ from training classes {main.classes}")
+    if val is not None and private is not None:
+        # Validation data is used without privacy (checkpoint selection, calibration), so an image that is also
+        # private training data (FER2013's PublicTest shares 280 with its training split) would be used outside
+        # the DP guarantee: it is dropped from validation, and the card counts it.
+        overlap = np.isin(val.hashes, private.hashes)
+        if overlap.any():
+            val = val.subset(~overlap)
+            val.dropped[IN_PRIVATE] = int(overlap.sum())
     return Data(public, private, val, main.classes)
 
 
@@ -462,19 +470,13 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
         final = copy.deepcopy(ema.net)
         final.load_state_dict(load_file(str(out / "best.safetensors")))
         selected = f"best validation accuracy ({st['best_val_acc']:.4f}) on {data.val.spec}"
-    calib = {"temperature": 1.0, "class_bias": None, "negative_threshold": 0.5, "calibrated_on": None}
+    calib = {"temperature": 1.0, "class_bias": None, "class_bias_objective": None, "negative_threshold": 0.5,
+             "calibration_version": CALIBRATION_VERSION, "calibrated_on": None}
     if data.val is not None:
-        from ..eval.calibrate import fit_class_bias, fit_temperature, fit_threshold
-        from ..taxonomy import negative_mask
+        from ..eval.calibrate import fit_calibration
 
-        logits = val_logits(final, data)
-        t = fit_temperature(logits, data.val.labels)
-        bias = None if cfg.class_bias == "off" else fit_class_bias(logits / t, data.val.labels, cfg.class_bias)
-        neg = LoadedModel(final, {"classes": list(data.classes)}).negative_score(softmax(logits, t, bias))
-        is_neg = np.array(negative_mask(data.classes))[data.val.labels]
-        calib = {"temperature": float(t), "class_bias": None if bias is None else [float(v) for v in bias],
-                 "negative_threshold": float(fit_threshold(neg, is_neg, cfg.negative_recall)),
-                 "calibrated_on": data.val.spec}
+        calib = {**fit_calibration(val_logits(final, data), data.val.labels, data.classes, cfg.class_bias,
+                                   cfg.negative_recall), "calibrated_on": data.val.spec}
     card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size())
     save_weights(final.state_dict(), out / "model.safetensors")
     write_json_atomic(out / "model_card.json", card)

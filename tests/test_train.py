@@ -284,3 +284,24 @@ def test_calibrate_refits_on_new_data_and_leaves_out_private_images(tiny_fer, tm
     card_before = (other / "model_card.json").read_text()
     assert main(["calibrate", str(run), "--data", f"fer2013:{tiny_fer}@val", "--out", str(other)]) == 2
     assert "another model" in capsys.readouterr().err and (other / "model_card.json").read_text() == card_before
+
+
+def test_evaluate_can_leave_out_the_models_own_training_images(tiny_fer, tmp_path, capsys):
+    import shutil
+
+    from privfer.eval.evaluate import evaluate
+
+    run = train(_cfg(tmp_path, "r", public=f"fer2013:{tiny_fer}", epochs=1), progress=False, log=lambda *_: None)
+    for i, src in enumerate(sorted((tiny_fer / "train" / "fear").glob("*.jpg"))[:3]):
+        shutil.copy(src, tiny_fer / "test" / "fear" / f"PublicTest_9999999{i}.jpg")
+    spec = f"fer2013:{tiny_fer}@val"
+    full, clean = evaluate(run, spec), evaluate(run, spec, drop_overlap=True)
+    assert full["n"] == 59 and full["training_overlap_dropped"] is None
+    assert clean["n"] == 56 and clean["training_overlap_dropped"] == 3
+    assert main(["evaluate", str(run), "--data", spec, "--drop-overlap"]) == 0
+    assert "left out as training data: 3" in capsys.readouterr().out
+    card = _card(run)
+    del card["config"]
+    (run / "model_card.json").write_text(json.dumps(card))
+    assert main(["evaluate", str(run), "--data", spec, "--drop-overlap"]) == 2
+    assert "membership cannot be checked" in capsys.readouterr().err

@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--out", metavar="DIR", help="also write evaluation.json, confusion CSVs, confusion.png and reliability.png here")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (flip: average with the mirror)")
+    p.add_argument("--drop-overlap", action="store_true",
+                   help="leave out images that are the model's own training data (content hash; needs that data)")
     p.add_argument("--batch-size", type=int, default=512, help="faces per forward pass (default 512)")
     p.set_defaults(func=run)
 
@@ -35,7 +37,8 @@ def format_summary(r: dict) -> str:
     offsets = any(r.get("class_bias") or [])  # the card has non-zero class offsets
     lines = [
         f"model     {r['model']}" + (f"  (tta: {r['tta']})" if r["tta"] != "none" else ""),
-        f"data      {r['data']}  n={r['n']}" + (f"  dropped (class not in model): {dropped}" if dropped else ""),
+        f"data      {r['data']}  n={r['n']}" + (f"  dropped (class not in model): {dropped}" if dropped else "")
+        + (f"  left out as training data: {r['training_overlap_dropped']}" if r.get("training_overlap_dropped") else ""),
         f"accuracy  {r['accuracy']:.2%}  (majority baseline {r['majority_baseline']:.2%}: {r['majority_class']})",
         *([f"          {r['accuracy_without_class_bias']:.2%} without the card's class offsets "
            f"({', '.join(f'{c} {b:+.2f}' for c, b in zip(r['classes'], r['class_bias']))})"] if offsets else []),
@@ -59,7 +62,8 @@ def format_summary(r: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..eval.evaluate import evaluate, write_outputs
 
-    result = evaluate(args.model, args.data, split=args.split, tta=args.tta, batch_size=args.batch_size)
+    result = evaluate(args.model, args.data, split=args.split, tta=args.tta, batch_size=args.batch_size,
+                      drop_overlap=args.drop_overlap)
     if args.out:
         paths = write_outputs(result, args.out)
         print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr if args.json else sys.stdout)

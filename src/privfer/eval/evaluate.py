@@ -45,7 +45,7 @@ def resolve_spec(spec: str | DatasetSpec, split: str | None = None) -> DatasetSp
 
 
 def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, split: str | None = None,
-             tta: bool | str = False, batch_size: int = 512) -> dict:
+             tta: bool | str = False, batch_size: int = 512, drop_overlap: bool = False) -> dict:
     """Evaluate ``model`` (a reference for :func:`load_model` or a :class:`LoadedModel`) on ``spec``.
 
     Faces are loaded at the model's input size. Predictions and probabilities are the card's calibrated ones
@@ -59,7 +59,8 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
     negative expression, both reliability diagrams' bins, the card's ``version``, and ``fit_on_this_data``:
     whether the card's calibration was fit on this very data), ``dropped`` (samples per dataset class the
     model lacks), ``n``, ``model``, ``data``, ``tta`` and more; see :mod:`privfer.eval.metrics` for the
-    metric conventions.
+    metric conventions. With ``drop_overlap``, images that are the model's training data (by content hash,
+    as its card records it; the data must be on disk) are left out and counted in ``training_overlap_dropped``.
     """
     if batch_size < 1:
         raise PrivferError(f"batch size must be >= 1, got {batch_size}")
@@ -85,6 +86,16 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
         data_dropped["no label"] = data_dropped.get("no label", 0) + int((fs.labels < 0).sum())
     if not keep.any():
         raise PrivferError(f"{ds}: no sample belongs to a class of the model ({', '.join(lm.classes)})")
+    overlap_dropped = None
+    if drop_overlap:  # FER2013's PublicTest holds 280 training images: without them the numbers are out of sample
+        from .audit import training_hashes
+
+        seen = set().union(*training_hashes(lm.card, source=lm.name or str(model)).values())
+        inside = keep & np.isin(fs.hashes, list(seen))
+        overlap_dropped = int(inside.sum())
+        keep = keep & ~inside
+        if not keep.any():
+            raise PrivferError(f"{ds}: every sample is training data of {lm.name}")
     y = y_all[keep]
     pixels = fs.pixels[keep]
 
@@ -145,6 +156,7 @@ def evaluate(model: str | Path | LoadedModel | None, spec: str | DatasetSpec, sp
         "dropped": dropped,
         "model_only_classes": [c for c in lm.classes if c not in shared],
         "data_dropped": data_dropped,
+        "training_overlap_dropped": overlap_dropped,
         "data_hash": data_hash,
     }
 

@@ -33,6 +33,9 @@ def test_shipped_model_loads_with_classes_and_budget(name):
         assert 0 < card["epsilon_spent"] <= float(budget.group(1))
         assert card["delta"] == 1e-5
         assert card["private_data"]["n"] > 0
+        # validation (selection, calibration) without the private training images it shares with them
+        assert card["val_data"]["private_overlap_dropped"] > 0
+        assert card["calibration_version"] == 2  # offsets move labels only: probabilities stay calibrated
     else:
         assert card["epsilon_spent"] is None
     if "public10" in name:

@@ -171,7 +171,7 @@ def recalibrate(model, spec, out, class_bias: str | None = None, negative_recall
     from ..infer.outputs import atomic_path
     from ..models.io import load_model, resolve, write_json_atomic
     from ..train.card import describe_data
-    from ..train.data import IN_PRIVATE
+    from ..train.data import IN_PRIVATE, without_private
     from .audit import to_classes, training_hashes
 
     lm = load_model(model)
@@ -183,12 +183,10 @@ def recalibrate(model, spec, out, class_bias: str | None = None, negative_recall
     except PrivferError as e:
         private = None
         log(f"privfer calibrate: warning: overlap with the DP-protected training data not checked ({e})")
-    overlap = np.isin(fs.hashes, list(private or ()))
-    if overlap.any():  # as in training: such images would be used outside the DP guarantee
-        fs = fs.subset(~overlap)
-        fs.dropped[IN_PRIVATE] = int(overlap.sum())
-        log(f"privfer calibrate: {int(overlap.sum())} images of {spec} are DP-protected training data of the model: "
-            "not used")
+    fs = without_private(fs, private or ())
+    if fs.dropped.get(IN_PRIVATE):
+        log(f"privfer calibrate: {fs.dropped[IN_PRIVATE]} images of {spec} are DP-protected training data of the "
+            "model: not used")
         if len(fs) == 0:
             raise PrivferError(f"{spec}: every image is DP-protected training data of the model; calibrating on them "
                                "without privacy would void its guarantee")

@@ -17,6 +17,19 @@ def to_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 IN_PRIVATE = "in private training data"
 
 
+def without_private(fs, private_hashes):
+    """``fs`` without the images whose content hash is in ``private_hashes`` (counted in ``dropped[IN_PRIVATE]``).
+
+    Data used without privacy (validation, calibration) must leave out the DP-protected training images, or
+    using it would release information about them outside the guarantee."""
+    overlap = np.isin(fs.hashes, np.asarray(list(private_hashes), dtype=fs.hashes.dtype))
+    if not overlap.any():
+        return fs
+    out = fs.subset(~overlap)
+    out.dropped[IN_PRIVATE] = int(overlap.sum())
+    return out
+
+
 def hash_fraction(hex_hash: str) -> float:
     """Map a content hash to [0, 1): equal images always land on the same side of any split."""
     return int(hex_hash[:13], 16) / float(1 << 52)

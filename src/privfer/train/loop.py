@@ -33,7 +33,7 @@ from .augment import Augment
 from .card import environment, model_card
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
-from .data import IN_PRIVATE, check_disjoint, split_by_hash, to_input
+from .data import check_disjoint, split_by_hash, to_input, without_private
 from .dp import DPStepper
 from .features import FeatureViews, cached, frontend_of, head_logits
 from .objective import Objective
@@ -88,13 +88,9 @@ def prepare_data(cfg: TrainConfig, progress: bool = False) -> Data:
     if val is not None and val.classes != main.classes:
         raise PrivferError(f"validation classes {val.classes} differ from training classes {main.classes}")
     if val is not None and private is not None:
-        # Validation data is used without privacy (checkpoint selection, calibration), so an image that is also
-        # private training data (FER2013's PublicTest shares 280 with its training split) would be used outside
-        # the DP guarantee: it is dropped from validation, and the card counts it.
-        overlap = np.isin(val.hashes, private.hashes)
-        if overlap.any():
-            val = val.subset(~overlap)
-            val.dropped[IN_PRIVATE] = int(overlap.sum())
+        # checkpoint selection and calibration use validation without privacy (FER2013's PublicTest holds 280
+        # of its training images): the card counts the images left out
+        val = without_private(val, private.hashes)
     return Data(public, private, val, main.classes)
 
 

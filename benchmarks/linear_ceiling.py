@@ -1,12 +1,13 @@
-"""How well a linear head can do on the scattering features without DP: the ceiling of the DP linear models.
+"""How well a linear head can do on fixed features without DP: the ceiling of the DP linear models.
 
 Fits a multinomial logistic regression (L2 weight decay, L-BFGS, no privacy, no augmentation) on the
-features of the deduplicated FER2013 train split, after the same per-image GroupNorm (and, with
-``--pool K``, the same K x K averaging) as the ``scatter-linear`` head, and prints its train and validation
-accuracy for each scattering variant named. The train features come from (and go to) privfer's feature cache.
+features of the deduplicated FER2013 train split, exactly as the linear model's head sees them, and prints
+its train and validation accuracy for each front-end named: a scattering variant (``full``, ``fast``: the
+``scatter-linear`` head's per-image GroupNorm and, with ``--pool K``, its K x K averaging) or ``face`` (the
+``face-linear`` model's CenterFace features). The train features come from (and go to) privfer's feature cache.
 
-Usage: python benchmarks/linear_ceiling.py [VARIANT ...] [--pool K]
-       (default: full fast, no pooling; about 2-3 minutes each, about 1 minute with --pool 2)
+Usage: python benchmarks/linear_ceiling.py [FRONTEND ...] [--pool K]
+       (default: full fast face, no pooling; about 2-3 minutes each, about 1 minute with --pool 2)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from privfer.data.cache import load_faces
+from privfer.models.facefeat import FaceFeatureLinear
 from privfer.models.scatter import ScatterLinear
 from privfer.train.features import cached, compute
 
@@ -49,7 +51,8 @@ def main(variants: list[str], pool: int = 1) -> None:
           f"{ITERATIONS} L-BFGS iterations, pool {pool}")
     for variant in variants:
         t = time.perf_counter()
-        net = ScatterLinear(len(train.classes), scattering=variant, pool=pool).eval()
+        net = (FaceFeatureLinear(len(train.classes)) if variant == "face" else
+               ScatterLinear(len(train.classes), scattering=variant, pool=pool)).eval()
         # the model's front-end, and its head up to the linear layer (GroupNorm, pooling, flatten)
         fe, prep = net.frontend, net.head[:-1]
         with torch.no_grad():
@@ -64,7 +67,8 @@ def main(variants: list[str], pool: int = 1) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="*", default=["full", "fast"], help="scattering variants (full, fast)")
+    ap.add_argument("variants", nargs="*", default=["full", "fast", "face"],
+                    help="front-ends: scattering variants (full, fast) or face (CenterFace features)")
     ap.add_argument("--pool", type=int, default=1, help="average the maps over K x K cells, as scatter-linear's pool")
     a = ap.parse_args()
     main(a.variants, a.pool)

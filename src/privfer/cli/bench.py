@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_train)
     i = bsub.add_parser("infer", help="detection, classification and end-to-end inference speed")
+    i.add_argument("--model", help="shipped model name or model file (default: the shipped default)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_infer)
 
@@ -37,5 +38,5 @@ def _train(args) -> int:
 def _infer(args) -> int:
     from ..infer.bench import run_infer_bench
 
-    _print(run_infer_bench(), args.json)
+    _print(run_infer_bench(model=args.model), args.json)
     return 0

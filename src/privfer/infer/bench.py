@@ -80,10 +80,13 @@ def _time_ms(fn: Callable[[], object], budget_s: float = 2.0, min_runs: int = 3)
     return 1000.0 * statistics.median(times)
 
 
-def _bench_model():
-    """The shipped default model if there is one, else a freshly built (untrained) fusion model."""
+def _bench_model(name: str | None = None):
+    """The model ``name`` (shipped name or file), else the shipped default model if there is one, else a
+    freshly built (untrained) fusion model."""
     from ..models.io import DEFAULT_SHIPPED, LoadedModel, load_model, shipped_models
 
+    if name is not None:
+        return load_model(name), name
     if DEFAULT_SHIPPED in shipped_models():
         return load_model(None), f"{DEFAULT_SHIPPED} (shipped default)"
     from ..models.registry import DEFAULT_MODEL, build_model
@@ -114,7 +117,7 @@ FAST = {"min_face_size": 48, "detect_every": 3}
 
 
 def run_infer_bench(json: bool = False, frames: int = 90, detector: str = "centerface",
-                    backend: str = "onnxruntime") -> dict:
+                    backend: str = "onnxruntime", model: str | None = None) -> dict:
     """Run the inference benchmark and return a flat dict (``privfer bench infer`` prints it); ``json``
     also prints it here as JSON.
 
@@ -123,7 +126,7 @@ def run_infer_bench(json: bool = False, frames: int = 90, detector: str = "cente
     from ..models.registry import count_flops
     from .analyzer import Analyzer
 
-    model, model_desc = _bench_model()
+    model, model_desc = _bench_model(model)
     analyzer = Analyzer(model=model, detector=detector, backend=backend)
     fast = Analyzer(model=analyzer.model, detector=detector, backend=backend, **FAST)  # same model session
     frame, _ = next(face_frames(1))

@@ -1,15 +1,18 @@
-"""Models by name: ``cnn``, ``resnet``, ``fusion`` (default), ``scatter`` (fixed scattering features + head)."""
+"""Models by name: ``cnn``, ``resnet``, ``fusion`` (default), ``scatter`` / ``scatter-linear`` (fixed scattering
+features + head), ``face-linear`` (fixed CenterFace backbone features + linear head)."""
 from __future__ import annotations
 
 from torch import nn
 
 from ..errors import PrivferError
 from .cnn import CNN
+from .facefeat import FaceFeatureLinear
 from .fusion import Fusion
 from .resnet import ResNet
 from .scatter import DEFAULT_VARIANT, ScatterLinear, ScatterNet
 
-MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion, "scatter": ScatterNet, "scatter-linear": ScatterLinear}
+MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion, "scatter": ScatterNet, "scatter-linear": ScatterLinear,
+                                   "face-linear": FaceFeatureLinear}
 DEFAULT_MODEL = "fusion"
 
 #: Options whose default changed after models were shipped, as ``{model: {option: (old, current)}}``: a model
@@ -51,7 +54,8 @@ def count_flops(model: nn.Module, input_size: int = 48) -> int:
 
     was = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    # with gradients enabled: a fixed front-end may otherwise take a faster path outside torch, unseen here
+    with torch.enable_grad(), FlopCounterMode(display=False) as fc:
         model(torch.zeros(1, 1, input_size, input_size))
     model.train(was)
     return int(fc.get_total_flops())

@@ -5,7 +5,7 @@ import platform
 import sys
 
 from .. import __version__
-from ..models.registry import card_kwargs
+from ..models.registry import MODELS, card_kwargs
 from .data import IN_PRIVATE
 from .privacy import PrivacyState
 
@@ -74,6 +74,7 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "val_data": describe_data(data.val),
         "guarantee": guarantee,
         "public_data_note": public_note,
+        "pretrained_frontend": getattr(MODELS.get(cfg.model), "pretrained", None),
         "validation_use": (f"validation data ({data.val.spec}) was used, without privacy, only for checkpoint "
                            f"selection and calibration; checkpoint: {selected}") if data.val is not None else
                           "no validation data: last checkpoint kept, not calibrated",

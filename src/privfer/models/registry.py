@@ -1,5 +1,6 @@
 """Models by name: ``cnn``, ``resnet``, ``fusion`` (default), ``scatter`` / ``scatter-linear`` (fixed scattering
-features + head), ``face-linear`` (fixed CenterFace backbone features + linear head)."""
+features + head), ``face-linear`` (fixed CenterFace backbone features + linear head), ``facemesh-linear``
+(CenterFace and MediaPipe Face Mesh features + linear head)."""
 from __future__ import annotations
 
 from torch import nn
@@ -7,12 +8,13 @@ from torch import nn
 from ..errors import PrivferError
 from .cnn import CNN
 from .facefeat import FaceFeatureLinear
+from .facemesh import FaceMeshLinear
 from .fusion import Fusion
 from .resnet import ResNet
 from .scatter import DEFAULT_VARIANT, ScatterLinear, ScatterNet
 
 MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion, "scatter": ScatterNet, "scatter-linear": ScatterLinear,
-                                   "face-linear": FaceFeatureLinear}
+                                   "face-linear": FaceFeatureLinear, "facemesh-linear": FaceMeshLinear}
 DEFAULT_MODEL = "fusion"
 
 #: Options whose default changed after models were shipped, as ``{model: {option: (old, current)}}``: a model

@@ -1,0 +1,81 @@
+"""MediaPipe Face Mesh's trunk as a fixed front-end (``facemesh-linear``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import privfer.models.facemesh as fm
+from privfer.errors import PrivferError
+from privfer.models.facefeat import CenterFaceFeatures
+from privfer.models.facemesh import TAPS, FaceFeatures, FaceMeshFeatures, FaceMeshLinear, FaceMeshNet
+from privfer.train.config import TrainConfig
+from privfer.train.loop import train
+
+REFERENCE = Path(__file__).parent / "data" / "facemesh_tflite_reference.npz"
+
+
+def test_network_gives_the_tflite_interpreters_tensors():
+    """The fixture holds the TFLite interpreter's own tap tensors for this fixed input
+    (written by tools/facemesh_weights.py when it converted the weights)."""
+    x = np.random.default_rng(0).random((1, 192, 192, 3), dtype=np.float32)
+    ref = np.load(REFERENCE)
+    with torch.no_grad():
+        ours = FaceMeshNet().maps(torch.from_numpy(x).permute(0, 3, 1, 2))
+    for t, a in zip(TAPS, ours):
+        assert a.shape == ref[t].shape
+        assert np.abs(a.numpy() - ref[t]).max() < 1e-4 * np.abs(ref[t]).max()
+
+
+def test_no_parameters_no_saved_state_any_face_size():
+    fe = FaceMeshFeatures().eval()
+    assert list(fe.parameters()) == [] and fe.state_dict() == {}
+    with torch.no_grad():
+        assert fe(torch.rand(2, 1, 48, 48)).shape == (2, 160, 3, 3)
+        assert fe(torch.rand(1, 1, 64, 64)).shape == (1, 160, 3, 3)
+    net = FaceMeshLinear(7)
+    assert set(net.state_dict()) == {"head.2.weight", "head.2.bias"}
+    assert FaceFeatures.out_channels == CenterFaceFeatures.out_channels + 160
+    with torch.no_grad():
+        assert net(torch.rand(3, 1, 48, 48)).shape == (3, 7)
+
+
+def test_features_are_normalised_per_image_and_mirror_sensitive():
+    fe = FaceMeshFeatures().eval()
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        f = fe(x)
+        g = fe(x.flip(-1))
+    for part in f.split(list(TAPS.values()), dim=1):  # each tap: zero mean, std 1/2 per image
+        assert torch.allclose(part.flatten(1).mean(1), torch.zeros(2), atol=1e-4)
+        assert torch.allclose(part.flatten(1).std(1, unbiased=False), torch.full((2,), 0.5), atol=1e-3)
+    assert not torch.allclose(f, g)
+
+
+def test_other_weights_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(fm.WEIGHTS), framework="pt") as f:
+        meta = f.metadata()
+    w = load_file(str(fm.WEIGHTS))
+    k = sorted(w)[0]
+    w[k] = w[k] + 1
+    save_file(w, str(tmp_path / "w.safetensors"), metadata=meta)
+    with pytest.raises(PrivferError, match="not the Face Mesh weights"):
+        FaceMeshNet(tmp_path / "w.safetensors")
+    with pytest.raises(PrivferError, match="not found"):
+        FaceMeshNet(tmp_path / "missing.safetensors")
+
+
+def test_dp_training_and_card(tiny_fer, tmp_path):
+    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", model="facemesh-linear", epsilon=8.0, delta=1e-3,
+                                     epochs=2, batch_size=70, physical_batch_size=64, lr=16.0, max_grad_norm=0.1,
+                                     seed=0, threads=1, out=str(tmp_path / "run")))
+    card = json.loads((train(cfg, progress=False, log=lambda *_: None) / "model_card.json").read_text())
+    assert card["model"] == "facemesh-linear" and 0 < card["epsilon_spent"] <= 8.0
+    assert fm.WEIGHTS_SHA256 in card["pretrained_frontend"]["sha256"]
+    assert "Face Mesh" in card["pretrained_frontend"]["frontend"]

@@ -81,6 +81,7 @@ class FaceMeshNet(nn.Module):
             raise PrivferError(f"{path}: holds taps {meta['taps']}, expected {list(TAPS)}")
 
     def maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Run the layer list (TFLite's SAME padding, NCHW) and return the :data:`TAPS` maps."""
         env = {"input_1": x.contiguous(memory_format=torch.channels_last)}
         for layer in self.layers:
             op, h = layer["op"], [env[t] for t in layer["in"]]
@@ -148,9 +149,10 @@ class FaceMeshLinear(nn.Module):
         "weights": f"{FaceFeatureLinear.pretrained['weights']}; face_landmark.tflite of mediapipe 0.10.21, "
                    "converted to privfer/weights/facemesh.safetensors",
         "sha256": f"{FaceFeatureLinear.pretrained['sha256']}; {WEIGHTS_SHA256}",
-        "trained_on": f"{FaceFeatureLinear.pretrained['trained_on']}; Google's face-landmark data "
-                      "(face geometry, no expression labels), by Face Mesh's authors",
-        "note": FaceFeatureLinear.pretrained["note"],
+        "trained_on": f"{FaceFeatureLinear.pretrained['trained_on']}; Google's own photographs annotated with "
+                      "face landmarks (not public; face geometry), by Face Mesh's authors",
+        "note": "the fixed front-ends learnt nothing from this card's data; no guarantee of this card covers the data "
+                "they were trained on (WIDER FACE is public; Face Mesh's photographs are Google's)",
     }
 
     def __init__(self, num_classes: int, dropout: float = 0.0):

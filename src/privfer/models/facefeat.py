@@ -190,11 +190,14 @@ class FaceFeatureLinear(nn.Module):
                 "the data it was trained on, which is public",
     }
 
+    #: The fixed front-end: a parameter-free module giving [N, out_channels, GRID, GRID].
+    frontend_class: type[nn.Module] = CenterFaceFeatures
+
     def __init__(self, num_classes: int, dropout: float = 0.0):
         super().__init__()
-        self.frontend = CenterFaceFeatures()
+        self.frontend = self.frontend_class()
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(CenterFaceFeatures.out_channels * GRID * GRID, num_classes))
+                                  nn.Linear(self.frontend_class.out_channels * GRID * GRID, num_classes))
         nn.init.zeros_(self.head[-1].weight)  # zero-initialised classifier: a good start under DP noise
         nn.init.zeros_(self.head[-1].bias)
 

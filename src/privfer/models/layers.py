@@ -1,6 +1,7 @@
 """Small DP-friendly building blocks shared by the models: conv + GroupNorm + ReLU, input scaling."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -28,6 +29,22 @@ class Standardize(nn.Module):
 
     def forward(self, x):
         return (x - 0.5) * 4.0
+
+
+class FeatureCenter(nn.Module):
+    """Subtract a fixed vector from the features: their mean over the training data, set once before training
+    (``privfer.train.center``) and saved with the model. Not trained, so DP-SGD never sees it.
+
+    Under DP-SGD every per-example gradient of a linear head is clipped; features that share a large common
+    component spend most of each clipped gradient (and of the noise's signal-to-noise ratio) on it. Centred
+    features give the head's weights only the part that differs between faces."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))
+
+    def forward(self, x):
+        return x - self.mean
 
 
 class BranchClassifier(nn.Module):

@@ -36,10 +36,11 @@ def describe_data(fs, subset: str | None = None) -> dict | None:
 
 
 def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: str, elapsed: float, st: dict,
-               world_size: int = 1) -> dict:
+               world_size: int = 1, feature_center: dict | None = None) -> dict:
     """Build ``model_card.json`` (all keys documented in the README's "Model card" section).
 
-    ``world_size``: processes that trained the model together (torchrun); the guarantee does not depend on it."""
+    ``world_size``: processes that trained the model together (torchrun); the guarantee does not depend on it.
+    ``feature_center``: where a model's feature centre came from (``privfer.train.center.describe_center``)."""
     eps = privacy.epsilon() if privacy is not None else None
     # --public-split: both sets come from one spec; say which part (by content hash) each one is
     split_note = f" (split by content hash, public fraction {cfg.public_split})" if cfg.public_split else None
@@ -75,6 +76,7 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "guarantee": guarantee,
         "public_data_note": public_note,
         "pretrained_frontend": getattr(MODELS.get(cfg.model), "pretrained", None),
+        "feature_center": feature_center,
         "validation_use": (f"validation data ({data.val.spec}) was used, without privacy, only for checkpoint "
                            f"selection and calibration; checkpoint: {selected}") if data.val is not None else
                           "no validation data: last checkpoint kept, not calibrated",

@@ -38,6 +38,8 @@ class TrainConfig:
     lr: float = 2.0
     momentum: float = 0.9
     weight_decay: float = 0.0
+    center_noise: float = 20.0          # models with a feature centre (model_kwargs center: true) and no public
+                                        # data: noise multiplier of the private features' mean (train/center.py)
     # public stage (non-private)
     public_epochs: int = 10
     public_batch_size: int = 128
@@ -110,6 +112,8 @@ class TrainConfig:
             raise PrivferError(f"select must be best or last, got {self.select!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise PrivferError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not self.center_noise > 0:
+            raise PrivferError(f"center_noise must be > 0, got {self.center_noise}")
         if self.max_grad_norm <= 0:
             raise PrivferError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         return self

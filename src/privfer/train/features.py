@@ -21,6 +21,11 @@ from .data import to_input
 FEATURES_VERSION = 1
 
 
+def mirror_views(frontend: nn.Module, augment: bool) -> bool:
+    """Whether training on ``frontend``'s cached features uses mirror images (not for a flip-invariant one)."""
+    return bool(augment) and not getattr(frontend, "flip_invariant", False)
+
+
 def frontend_of(net: nn.Module) -> nn.Module | None:
     """The model's fixed front-end, or None for end-to-end models."""
     fe = getattr(net, "frontend", None)
@@ -62,7 +67,14 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
            min_cached: int = MIN_CACHED) -> np.ndarray:
     """:func:`compute`, read from (or written atomically to) the cache directory when it was done before.
 
-    Sets of fewer than ``min_cached`` faces are not written (see ``MIN_CACHED``)."""
+    Sets of fewer than ``min_cached`` faces are not written (see ``MIN_CACHED``). A flip-invariant front-end
+    that averages an inner one's features of the face and its mirror image (``MirrorAverage``) is computed from
+    the inner front-end's cached features of both."""
+    inner = getattr(frontend, "inner", None)
+    if getattr(frontend, "flip_invariant", False) and inner is not None:
+        a = cached(inner, pixels, hashes, False, min_cached)
+        b = cached(inner, pixels, hashes, True, min_cached)
+        return ((a.astype(np.float32) + b.astype(np.float32)) / 2).astype(np.float16)
     tag = _key(frontend, mirror, pixels.shape[1:])
     if len(pixels) < min_cached:
         keys = [f"{tag}:{h}" for h in hashes]

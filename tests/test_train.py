@@ -153,6 +153,7 @@ def test_nonprivate_run_on_real_fer2013_reduces_loss(fer2013_root, tmp_path):
     (["--epsilon", "0"], "epsilon must be > 0"),
     (["--delta", "0.5"], "delta must be in"),
     (["--batch-size", "100000"], "larger than"),
+    (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
 ])
 def test_bad_privacy_settings_exit_2(tiny_fer, tmp_path, capsys, flags, msg):
     rc = main(["train", "--private", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "bad"), "--quiet", *flags])
@@ -218,6 +219,18 @@ def test_weight_decay_flag_sets_the_stage_it_names(tiny_fer, tmp_path):
     assert main(["train", "--public", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "np"), *flags]) == 0
     pub = json.loads((tmp_path / "np" / "config.json").read_text())
     assert pub["public_weight_decay"] == 0.01 and pub["weight_decay"] == TrainConfig().weight_decay
+
+
+def test_label_smoothing_reaches_the_dp_stage(tiny_fer, tmp_path):
+    """The same seeded DP run with and without label smoothing: only the loss differs, so its first epoch does."""
+    def first_loss(name, ls):
+        run = train(_cfg(tmp_path, name, private=f"fer2013:{tiny_fer}", epochs=1, delta=1e-3, label_smoothing=ls),
+                    progress=False, log=lambda *_: None)
+        return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+
+    plain, smoothed = first_loss("plain", 0.0), first_loss("smoothed", 0.5)
+    assert plain == first_loss("plain-again", 0.0)  # deterministic, so a difference is the smoothing's
+    assert smoothed != pytest.approx(plain, abs=1e-6)
 
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--public-lr", type=float)
     p.add_argument("--weight-decay", type=float, help="weight decay of the private stage (or the only stage)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--label-smoothing", type=float,
+                   help="hard labels of both stages: target 1 - s on the label and s / K spread over the K classes "
+                        "(bounds how far the loss pushes an already well-classified example; default 0)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-dedupe", action="store_true",
                    help="train on every record of the private data, duplicate images included (the guarantee then "
@@ -63,7 +66,7 @@ def run(args) -> int:
         "public_epochs": args.public_epochs, "batch_size": args.batch_size,
         "physical_batch_size": args.physical_batch_size, "max_grad_norm": args.max_grad_norm,
         "aug_mult": args.aug_mult, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
+        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
         "augment": False if args.no_augment else None, "labels": args.labels,
         "feature_cache": False if args.no_feature_cache else None, "dedupe": False if args.no_dedupe else None,
         "negative_recall": args.negative_recall, "class_bias": args.class_bias, "limit": args.limit,

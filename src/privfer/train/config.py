@@ -46,7 +46,7 @@ class TrainConfig:
     public_optimizer: str = "adamw"
     public_lr: float = 1e-3
     public_weight_decay: float = 1e-4
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0        # both stages, hard labels only (votes are soft targets already)
     # both stages
     augment: bool = True
     feature_cache: bool = True          # fixed front-ends: cached features of each face and its mirror (fast);
@@ -114,6 +114,8 @@ class TrainConfig:
             raise PrivferError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not self.center_noise > 0:
             raise PrivferError(f"center_noise must be > 0, got {self.center_noise}")
+        if not 0 <= self.label_smoothing < 1:
+            raise PrivferError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.max_grad_norm <= 0:
             raise PrivferError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         return self

@@ -410,7 +410,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     fs = _shard(data.private)
     x = torch.from_numpy(fs.pixels)
     obj = Objective(torch.from_numpy(fs.labels).to(device),
-                    torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, 0.0)
+                    torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing)
     base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     k = cfg.aug_mult
     fe = frontend_of(net)

@@ -46,8 +46,8 @@ class TrainConfig:
     public_optimizer: str = "adamw"
     public_lr: float = 1e-3
     public_weight_decay: float = 1e-4
-    label_smoothing: float = 0.0        # both stages, hard labels only (votes are soft targets already)
     # both stages
+    label_smoothing: float = 0.0        # hard labels only (votes are soft targets already)
     augment: bool = True
     feature_cache: bool = True          # fixed front-ends: cached features of each face and its mirror (fast);
                                         # false: the front-end runs on randomly transformed faces every step

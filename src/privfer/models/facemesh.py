@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import PrivferError
 from .facefeat import GRID, CenterFaceFeatures, FaceFeatureLinear
+from .layers import in_chunks, release_plan
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "facemesh.safetensors"
 #: SHA-256 of the shipped weights' content (:func:`content_digest`): a model always gets the features it was
@@ -77,13 +78,14 @@ class FaceMeshNet(nn.Module):
                 self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w,
                                      persistent=False)
         self.layers = json.loads(meta["layers"])
+        self._release = release_plan([layer["in"] for layer in self.layers], keep=set(TAPS))
         if json.loads(meta["taps"]) != list(TAPS):
             raise PrivferError(f"{path}: holds taps {meta['taps']}, expected {list(TAPS)}")
 
     def maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Run the layer list (TFLite's SAME padding, NCHW) and return the :data:`TAPS` maps."""
         env = {"input_1": x.contiguous(memory_format=torch.channels_last)}
-        for layer in self.layers:
+        for layer, done in zip(self.layers, self._release):
             op, h = layer["op"], [env[t] for t in layer["in"]]
             w = [getattr(self, self._names[k]) for k in layer.get("weights", [])]
             if op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
@@ -105,6 +107,8 @@ class FaceMeshNet(nn.Module):
             else:
                 raise PrivferError(f"{WEIGHTS}: unsupported layer {op}")
             env[layer["out"]] = y
+            for t in done:  # not needed by a later layer: free it now
+                del env[t]
         return [env[t] for t in TAPS]
 
 
@@ -119,6 +123,9 @@ class FaceMeshFeatures(nn.Module):
         self.net = FaceMeshNet()
 
     def forward(self, x):
+        return in_chunks(self._features, x)  # bounded memory for large batches
+
+    def _features(self, x):
         p = round(int(x.shape[-1]) * MARGIN)  # int(): a constant in an exported graph (its input size is fixed)
         x = F.pad(x, (p, p, p, p), mode="replicate")
         x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)

@@ -318,3 +318,14 @@ def test_evaluate_can_leave_out_the_models_own_training_images(tiny_fer, tmp_pat
     (run / "model_card.json").write_text(json.dumps(card))
     assert main(["evaluate", str(run), "--data", spec, "--drop-overlap"]) == 2
     assert "membership cannot be checked" in capsys.readouterr().err
+
+
+def test_environment_records_versions_seed_and_cpu():
+    """What a run needs to be reproduced, including the CPU (a network's float sums can differ between CPUs)."""
+    from privfer.train.card import environment
+
+    env = environment(7)
+    assert env["seed"] == 7 and env["torch"] == torch.__version__
+    if Path("/proc/cpuinfo").exists():
+        assert env["cpu"] not in ("", "unknown")
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -18,7 +18,22 @@ def environment(seed: int) -> dict:
 
     return {"privfer": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "opacus": opacus.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
+            # the CPU and the vector instructions torch's kernels use: floating-point sums (and so the weights
+            # of a network trained over many steps) can differ between CPUs with different ones
+            "cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "seed": seed}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; else what :mod:`platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def describe_data(fs, subset: str | None = None) -> dict | None:

@@ -42,14 +42,13 @@ def release_plan(inputs: list[list[str]], keep) -> list[list[str]]:
 MAX_FRONTEND_BATCH = 128
 
 
-def in_chunks(fn, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """``fn(x)`` computed on chunks of at most ``size`` rows (default :data:`MAX_FRONTEND_BATCH`) and
-    concatenated, for a ``fn`` that treats each row on its own. Whole when gradients are on or during ONNX
-    export (the graph then stays one call)."""
-    size = size or MAX_FRONTEND_BATCH
-    if len(x) <= size or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
+def in_chunks(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` computed on chunks of at most :data:`MAX_FRONTEND_BATCH` rows and concatenated, for a ``fn``
+    that treats each row on its own. Whole when gradients are on or during ONNX export (the graph then stays
+    one call)."""
+    if len(x) <= MAX_FRONTEND_BATCH or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
         return fn(x)
-    return torch.cat([fn(c) for c in x.split(size)])
+    return torch.cat([fn(c) for c in x.split(MAX_FRONTEND_BATCH)])
 
 
 class Standardize(nn.Module):

@@ -5,9 +5,11 @@ features of the deduplicated FER2013 train split, exactly as the linear model's 
 its train and validation accuracy for each front-end named: a scattering variant (``full``, ``fast``: the
 ``scatter-linear`` head's per-image GroupNorm and, with ``--pool K``, its K x K averaging), ``face`` (the
 ``face-linear`` model's CenterFace features) or ``facemesh`` (the ``facemesh-linear`` model's CenterFace and
-Face Mesh features). The train features come from (and go to) privfer's feature cache.
+Face Mesh features). With ``--mirror-average`` the two face front-ends give the features the shipped DP models
+see: averaged over the face and its mirror image (``mirror_average``) and centred on the training mean
+(``center``). The train features come from (and go to) privfer's feature cache.
 
-Usage: python benchmarks/linear_ceiling.py [FRONTEND ...] [--pool K]
+Usage: python benchmarks/linear_ceiling.py [FRONTEND ...] [--pool K] [--mirror-average]
        (default: full fast face facemesh, no pooling; about 2-3 minutes each, about 1 minute with --pool 2)
 """
 from __future__ import annotations
@@ -45,22 +47,25 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[torch.
     return w.detach(), b.detach()
 
 
-def main(variants: list[str], pool: int = 1) -> None:
+def main(variants: list[str], pool: int = 1, mirror_average: bool = False) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     train, val = load_faces(TRAIN).unique(), load_faces(VAL)
     print(f"train {len(train)} distinct images, validation {len(val)}; weight decay {WEIGHT_DECAY}, "
-          f"{ITERATIONS} L-BFGS iterations, pool {pool}")
+          f"{ITERATIONS} L-BFGS iterations, pool {pool}, mirror-averaged and centred {mirror_average}")
     for variant in variants:
         t = time.perf_counter()
         k = len(train.classes)
-        net = (FaceFeatureLinear(k) if variant == "face" else FaceMeshLinear(k) if variant == "facemesh" else
-               ScatterLinear(k, scattering=variant, pool=pool)).eval()
+        face = {"face": FaceFeatureLinear, "facemesh": FaceMeshLinear}.get(variant)
+        net = (face(k, mirror_average=mirror_average) if face else ScatterLinear(k, scattering=variant, pool=pool)).eval()
         # the model's front-end, and its head up to the linear layer (GroupNorm, pooling, flatten)
         fe, prep = net.frontend, net.head[:-1]
         with torch.no_grad():
             xtr = prep(torch.from_numpy(np.array(cached(fe, train.pixels, train.hashes))).float())
             xva = prep(torch.from_numpy(compute(fe, val.pixels)).float())
+        if mirror_average and face:  # centred on the training features' mean, as model_kwargs center does
+            mean = xtr.mean(0)
+            xtr, xva = xtr - mean, xva - mean
         ytr, yva = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
         w, b = fit_logistic(xtr, ytr, len(train.classes))
         acc_tr = float(((xtr @ w + b).argmax(1) == ytr).float().mean())
@@ -74,5 +79,7 @@ if __name__ == "__main__":
                     help="front-ends: scattering variants (full, fast), face (CenterFace features) or "
                          "facemesh (CenterFace and Face Mesh features)")
     ap.add_argument("--pool", type=int, default=1, help="average the maps over K x K cells, as scatter-linear's pool")
+    ap.add_argument("--mirror-average", action="store_true",
+                    help="face and facemesh: mirror-averaged features centred on their mean, as the shipped DP models")
     a = ap.parse_args()
-    main(a.variants, a.pool)
+    main(a.variants, a.pool, a.mirror_average)

@@ -131,3 +131,26 @@ def test_centred_mirror_averaged_model_trains_and_loads(tiny_fer, tmp_path):
     from privfer.infer.onnx import onnx_model
 
     assert np.abs(onnx_model(lm).logits(val.pixels[:5]) - lm.logits(val.pixels[:5])).max() < 1e-3  # exports
+
+
+def test_hidden_layer_head_trains_without_dp_loads_and_exports(tiny_fer, tmp_path):
+    """``hidden=H`` (fer2013-nonprivate's head): one GELU layer of H units, dropout on the classifier's input;
+    the linear head keeps its layout, so shipped linear models load unchanged."""
+    net = FaceFeatureLinear(7, hidden=16, dropout=0.5)
+    shapes = [tuple(p.shape) for p in net.head.parameters()]
+    assert shapes == [(16, 2592), (16,), (7, 16), (7,)]
+    assert [type(m).__name__ for m in FaceFeatureLinear(7).head] == ["Flatten", "Dropout", "Linear"]
+    with pytest.raises(PrivferError, match="hidden"):
+        FaceFeatureLinear(7, hidden=-1)
+    cfg = TrainConfig.from_dict(dict(public=f"fer2013:{tiny_fer}", model="face-linear", public_epochs=6,
+                                     model_kwargs={"center": True, "hidden": 32, "dropout": 0.2}, public_lr=3e-3,
+                                     seed=0, threads=1, out=str(tmp_path / "run")))
+    run = train(cfg, progress=False, log=lambda *_: None)
+    assert json.loads((run / "model_card.json").read_text())["model_kwargs"]["hidden"] == 32
+    lm = load_model(str(run))
+    from privfer.data.cache import load_faces
+    val = load_faces(f"fer2013:{tiny_fer}@val")
+    assert float((lm.probs(val.pixels).argmax(1) == val.labels).mean()) > 0.5
+    from privfer.infer.onnx import onnx_model
+
+    assert np.abs(onnx_model(lm).logits(val.pixels[:5]) - lm.logits(val.pixels[:5])).max() < 1e-3  # exports

@@ -184,7 +184,9 @@ class CenterFaceFeatures(nn.Module):
 
 class FaceFeatureLinear(nn.Module):
     """:class:`CenterFaceFeatures` + a linear head (2,592 features): the cheapest model to train with DP on
-    features learnt from public, non-expression data. Takes faces of any size (they are upscaled to 128)."""
+    features learnt from public, non-expression data. Takes faces of any size (they are upscaled to 128).
+    ``hidden=H`` puts one hidden layer of H units before the classifier (a non-linear head, for training
+    without DP: ``fer2013-nonprivate``)."""
 
     #: Written into every model card (``pretrained_frontend``): where the fixed features come from.
     pretrained = {
@@ -200,14 +202,21 @@ class FaceFeatureLinear(nn.Module):
     #: The fixed front-end: a parameter-free module giving [N, out_channels, GRID, GRID].
     frontend_class: type[nn.Module] = CenterFaceFeatures
 
-    def __init__(self, num_classes: int, dropout: float = 0.0, center: bool = False, mirror_average: bool = False):
+    def __init__(self, num_classes: int, dropout: float = 0.0, center: bool = False, mirror_average: bool = False,
+                 hidden: int = 0):
         super().__init__()
+        if hidden < 0:
+            raise PrivferError(f"hidden must be >= 0, got {hidden}")
         # mirror_average: the head sees the average of the features of the face and of its mirror image
         self.frontend = MirrorAverage(self.frontend_class()) if mirror_average else self.frontend_class()
         shape = (self.frontend_class.out_channels, GRID, GRID)
+        d = shape[0] * GRID * GRID
+        # hidden: one hidden layer of that width (GELU) before the classifier, instead of a linear head;
+        # dropout acts on the classifier's input (the features, or the hidden units)
+        mlp = [nn.Linear(d, hidden), nn.GELU()] if hidden else []
         # center: subtract the training features' mean first (a saved buffer; see privfer.train.center)
-        self.head = nn.Sequential(*([FeatureCenter(shape)] if center else []), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(shape[0] * GRID * GRID, num_classes))
+        self.head = nn.Sequential(*([FeatureCenter(shape)] if center else []), nn.Flatten(), *mlp,
+                                  nn.Dropout(dropout), nn.Linear(hidden or d, num_classes))
         nn.init.zeros_(self.head[-1].weight)  # zero-initialised classifier: a good start under DP noise
         nn.init.zeros_(self.head[-1].bias)
 

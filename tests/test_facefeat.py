@@ -154,3 +154,22 @@ def test_hidden_layer_head_trains_without_dp_loads_and_exports(tiny_fer, tmp_pat
     from privfer.infer.onnx import onnx_model
 
     assert np.abs(onnx_model(lm).logits(val.pixels[:5]) - lm.logits(val.pixels[:5])).max() < 1e-3  # exports
+
+
+def test_model_kwargs_flag_merges_into_the_config_and_a_hidden_layer_trains_under_dp(tiny_fer, tmp_path):
+    """``privfer train --model-kwargs JSON`` adds to (or overrides) the config's model options; a hidden-layer head
+    trains with DP-SGD (Opacus' per-sample gradients for both layers); bad JSON is a one-line error."""
+    from privfer.cli import main
+
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text(f"private: fer2013:{tiny_fer}\nmodel: face-linear\nmodel_kwargs: {{center: true, dropout: 0.1}}\n"
+                       "epsilon: 8.0\ndelta: 1.0e-3\nepochs: 1\nbatch_size: 64\nmax_grad_norm: 0.1\nthreads: 1\n")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfgfile), "--model-kwargs", '{"hidden": 8, "dropout": 0.0}',
+                 "--out", str(run), "--quiet"]) == 0
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["model_kwargs"] == {"center": True, "dropout": 0.0, "hidden": 8} and 0 < card["epsilon_spent"] <= 8.0
+    assert tuple(load_model(str(run)).net.head[2].weight.shape) == (8, 2592)
+    for bad in ("{hidden: 8}", "[8]"):
+        assert main(["train", "--config", str(cfgfile), "--model-kwargs", bad, "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -166,3 +166,61 @@ def test_online_augmentation_and_class_bias_reach_the_card(tiny_fer, tmp_path):
     np.testing.assert_array_equal(labels, (z / card["temperature"] + np.array(card["class_bias"])).argmax(1))
     with pytest.raises(PrivferError, match="class_bias"):
         TrainConfig.from_dict(dict(private="x:y", class_bias="yes"))
+
+
+def test_augmented_views_are_fixed_cached_and_drawn_distinct(tmp_path, monkeypatch):
+    """aug_views: a face's view j is the same transformed copy in every call, batch and set (seeded by its content
+    hash), cached on its own key, mirrored after the transforms; FeatureViews draws K distinct views per face
+    from the face, its mirror and the copies."""
+    from types import SimpleNamespace
+
+    from privfer.train.data import to_input
+    from privfer.train.features import FeatureViews, VIEW_AUGMENT, view_copies
+
+    monkeypatch.setenv("PRIVFER_CACHE", str(tmp_path))
+    px = np.random.default_rng(0).integers(0, 255, (6, 48, 48), dtype=np.uint8)
+    h = np.array([f"h{i}" for i in range(6)])
+    fe = Scattering()
+    v1 = cached(fe, px, h, view=1, min_cached=0)
+    np.testing.assert_array_equal(v1, cached(fe, px, h, view=1, min_cached=0))  # read back from the cache
+    np.testing.assert_array_equal(v1, compute(fe, px, view=1, hashes=h, batch=4))  # drawn again: the same copies
+    np.testing.assert_array_equal(v1[[4, 1]], compute(fe, px[[4, 1]], view=1, hashes=h[[4, 1]]))  # in any set
+    np.testing.assert_array_equal(v1[[2]], cached(fe, px[[2]], h[[2]], view=1))  # remembered per image
+    assert not np.allclose(v1, cached(fe, px, h, min_cached=0))  # not the faces themselves
+    assert not np.allclose(v1, compute(fe, px, view=2, hashes=h))  # another view, other transforms
+    assert len(list(tmp_path.glob("features-*.npy"))) == 2
+    with pytest.raises(ValueError, match="hash"):
+        compute(fe, px, view=1)
+    copies = view_copies(to_input(px), h, 1)  # the mirrored view: the mirror image of the same copy
+    np.testing.assert_array_equal(compute(fe, px, mirror=True, view=1, hashes=h),
+                                  fe(copies.flip(-1)).to(torch.float16).numpy())
+    assert VIEW_AUGMENT.flip is False
+    fs = SimpleNamespace(pixels=px, hashes=h)
+    fv = FeatureViews(fe, fs, mirror=True, aug_views=2)
+    assert fv.pool.shape[0] == 6  # face, mirror, and two copies with their mirrors
+    rows = torch.tensor([0, 3, 5])
+    x = fv.views(rows, k=6)
+    for i, r in enumerate(rows.tolist()):  # the K = P views of a face are all of its views, each once
+        got = x[i * 6:(i + 1) * 6].reshape(6, -1)
+        pool = fv.pool[:, r].float().reshape(6, -1)
+        match = (got[:, None] == pool[None]).all(-1)
+        assert match.any(1).all() and (match.sum(0) == 1).all()
+    assert fv.views(rows, k=1).shape == (3, *fv.plain.shape[1:])
+    assert FeatureViews(fe, fs, mirror=True).pool is None  # no augmented views: the face and its mirror, as before
+
+
+def test_aug_views_need_a_fixed_front_end_and_the_cache(tiny_fer, tmp_path):
+    from privfer.errors import PrivferError
+
+    base = dict(private=f"fer2013:{tiny_fer}", epsilon=8.0, delta=1e-3, epochs=1, batch_size=70, seed=0, threads=1)
+    for bad in ({"aug_views": -1}, {"aug_views": 2, "feature_cache": False}, {"aug_views": 2, "augment": False}):
+        with pytest.raises(PrivferError, match="aug.views"):
+            TrainConfig.from_dict({**base, "model": "scatter-linear", **bad})
+    with pytest.raises(PrivferError, match="no fixed front-end"):
+        train(TrainConfig.from_dict({**base, "model": "cnn", "aug_views": 2, "out": str(tmp_path / "cnn")}),
+              progress=False, log=lambda *_: None)
+    assert not (tmp_path / "cnn").exists()  # refused before the run directory is written
+    run = train(TrainConfig.from_dict({**base, "model": "scatter-linear", "aug_views": 2, "aug_mult": 3,
+                                       "physical_batch_size": 64, "lr": 2.0, "max_grad_norm": 0.1,
+                                       "out": str(tmp_path / "run")}), progress=False, log=lambda *_: None)
+    assert json.loads((run / "config.json").read_text())["aug_views"] == 2

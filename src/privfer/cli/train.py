@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--public-split", type=float, help="with --private alone: make this fraction of it public by content hash")
     p.add_argument("--val", help="validation spec (default: the dataset's val split)")
     p.add_argument("--model", help="cnn | resnet | fusion (default) | scatter | scatter-linear | face-linear | facemesh-linear")
+    p.add_argument("--model-kwargs", metavar="JSON",
+                   help='model options as a JSON object, merged into the config\'s model_kwargs (e.g. \'{"hidden": 32}\')')
     p.add_argument("--epsilon", type=float)
     p.add_argument("--delta", type=float)
     p.add_argument("--epochs", type=int, help="epochs of the private stage (or of the only stage)")
@@ -39,6 +41,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-feature-cache", action="store_true",
                    help="models with a fixed front-end: run it on randomly transformed faces at every step "
                         "(full augmentation, slower) instead of training on cached features of each face and its mirror")
+    p.add_argument("--aug-views", type=int,
+                   help="models with a fixed front-end: also cache the features of N fixed, randomly transformed copies "
+                        "of each face (shift, rotation, zoom, brightness, contrast; computed once) and train on a "
+                        "random view of each face, or K of them inside each clipped gradient with --aug-mult K "
+                        "(default 0: the face and its mirror only)")
     p.add_argument("--labels", choices=["majority", "votes"])
     p.add_argument("--negative-recall", type=float, help="fit the negative threshold to meet this validation recall")
     p.add_argument("--class-bias", choices=["off", "mixed", "balanced"],
@@ -68,7 +75,8 @@ def run(args) -> int:
         "aug_mult": args.aug_mult, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
         "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
         "augment": False if args.no_augment else None, "labels": args.labels,
-        "feature_cache": False if args.no_feature_cache else None, "dedupe": False if args.no_dedupe else None,
+        "feature_cache": False if args.no_feature_cache else None, "aug_views": args.aug_views,
+        "dedupe": False if args.no_dedupe else None,
         "negative_recall": args.negative_recall, "class_bias": args.class_bias, "limit": args.limit,
         "seed": args.seed, "threads": args.threads,
         "device": args.device,
@@ -93,5 +101,13 @@ def run(args) -> int:
         cfg = TrainConfig.from_file(args.config, out=args.out, **overrides)
     else:
         cfg = TrainConfig.from_dict({}, source="flags", out=args.out or "runs/latest", **overrides)
+    if args.model_kwargs is not None:
+        try:
+            extra = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as e:
+            raise PrivferError(f"--model-kwargs: not valid JSON ({e.msg})") from None
+        if not isinstance(extra, dict):
+            raise PrivferError(f"--model-kwargs: expected a JSON object such as '{{\"hidden\": 32}}', got {args.model_kwargs!r}")
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "model_kwargs": {**cfg.model_kwargs, **extra}}, source="--model-kwargs")
     train(cfg, progress=not args.quiet)
     return 0

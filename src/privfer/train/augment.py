@@ -34,8 +34,7 @@ class Augment:
             return x
 
         def u(lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
-            return torch.empty(n, generator=generator).uniform_(lo, hi) if generator is not None else \
-                torch.empty(n).uniform_(lo, hi)
+            return torch.empty(n).uniform_(lo, hi, generator=generator)
 
         if self.shift or self.rotate or self.scale or self.flip:
             ang = u() * math.radians(self.rotate)

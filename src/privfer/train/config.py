@@ -51,6 +51,8 @@ class TrainConfig:
     augment: bool = True
     feature_cache: bool = True          # fixed front-ends: cached features of each face and its mirror (fast);
                                         # false: the front-end runs on randomly transformed faces every step
+    aug_views: int = 0                  # with the feature cache: also cache N fixed randomly transformed copies of
+                                        # each face (shift, rotation, zoom, brightness, contrast) and train on them
     warmup_frac: float = 0.05           # linear warm-up, then cosine decay to 0
     ema_decay: float = 0.99
     negative_recall: float | None = None  # threshold meets this recall on validation (else: max F1)
@@ -99,6 +101,11 @@ class TrainConfig:
                 raise PrivferError(f"--public-split must be in (0, 1), got {self.public_split}")
         if self.aug_mult < 1:
             raise PrivferError(f"--aug-mult must be >= 1, got {self.aug_mult}")
+        if self.aug_views < 0:
+            raise PrivferError(f"--aug-views must be >= 0, got {self.aug_views}")
+        if self.aug_views and not (self.augment and self.feature_cache):
+            raise PrivferError("--aug-views caches augmented features: it needs augmentation and the feature cache "
+                               "(drop --no-augment / --no-feature-cache, or --aug-views)")
         for name in ("epochs", "public_epochs", "batch_size", "public_batch_size", "physical_batch_size"):
             if getattr(self, name) < 1:
                 raise PrivferError(f"{name} must be >= 1, got {getattr(self, name)}")

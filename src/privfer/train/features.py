@@ -5,6 +5,12 @@ the same face every epoch, so it is computed once per face (and once for its mir
 augmentation that commutes with caching) and only the head is trained, with or without DP. The
 features are kept in float16 on disk in the preprocessing cache directory, keyed by the faces' content
 hashes and the front-end, so later runs (other budgets, shadow models of an audit) reuse them.
+
+Augmented views (``aug_views: N``): the features of N randomly transformed copies of every face, each copy
+drawn once: the transforms of view j of a face come from a generator seeded with the face's content hash and
+j, so a face's view j is the same in every run and every set it is part of, and is cached like the face
+itself. Training then draws among the face, its mirror image and these views: more augmentation per epoch
+at no cost after the first run.
 """
 from __future__ import annotations
 
@@ -16,9 +22,13 @@ import torch
 from torch import nn
 
 from ..data.cache import cache_dir
+from .augment import Augment
 from .data import to_input
 
 FEATURES_VERSION = 1
+
+#: The random transforms of augmented view j >= 1 (no flip: the mirror image is a view of its own).
+VIEW_AUGMENT = Augment(flip=False)
 
 
 def mirror_views(frontend: nn.Module, augment: bool) -> bool:
@@ -36,13 +46,30 @@ def frontend_of(net: nn.Module) -> nn.Module | None:
     return fe
 
 
+def view_copies(x: torch.Tensor, hashes, view: int) -> torch.Tensor:
+    """Augmented view ``view`` >= 1 of faces ``x`` [N, 1, S, S] whose content hashes are ``hashes``: each face's
+    transforms are drawn from a generator seeded with its hash and ``view`` (the same copy in any batch or set)."""
+    out = torch.empty_like(x)
+    for i, h in enumerate(hashes):
+        seed = int.from_bytes(hashlib.blake2b(f"{h}:{view}".encode(), digest_size=8).digest(), "little") >> 1
+        out[i:i + 1] = VIEW_AUGMENT(x[i:i + 1], torch.Generator().manual_seed(seed))
+    return out
+
+
 @torch.no_grad()
-def compute(frontend: nn.Module, pixels: np.ndarray, mirror: bool = False, batch: int = 512) -> np.ndarray:
-    """float16 features of uint8 faces [N, S, S] (mirrored left-right with ``mirror``)."""
+def compute(frontend: nn.Module, pixels: np.ndarray, mirror: bool = False, batch: int = 512,
+            view: int = 0, hashes=None) -> np.ndarray:
+    """float16 features of uint8 faces [N, S, S], mirrored left-right with ``mirror``; with ``view`` >= 1, of
+    their augmented view ``view`` (:func:`view_copies`, which needs the faces' content ``hashes``), mirrored
+    after the view's transforms."""
+    if view and (hashes is None or len(hashes) != len(pixels)):
+        raise ValueError("augmented views need one content hash per face")
     frontend.eval()
     out = []
     for i in range(0, len(pixels), batch):
         x = to_input(pixels[i:i + batch])
+        if view:
+            x = view_copies(x, hashes[i:i + batch], view)
         if mirror:
             x = x.flip(-1)
         out.append(frontend(x).to(torch.float16).numpy())
@@ -50,21 +77,23 @@ def compute(frontend: nn.Module, pixels: np.ndarray, mirror: bool = False, batch
 
 
 #: Smaller sets (shadow models' halves, tests) are not written to disk: their features are computed in
-#: memory and remembered per image (by content hash) for the life of the process, up to MEMO_MAX images,
-#: so the many overlapping subsets of an audit's shadow models compute each face once.
+#: memory and remembered per image view (by content hash) for the life of the process, up to MEMO_BYTES of
+#: features, so the many overlapping subsets of an audit's shadow models compute each face (and view) once.
 MIN_CACHED = 4096
-MEMO_MAX = 40_000
+MEMO_BYTES = 1 << 30
 _memo: dict[str, np.ndarray] = {}
+_memo_bytes = 0
 
 
-def _key(frontend: nn.Module, mirror: bool, shape) -> str:
+def _key(frontend: nn.Module, mirror: bool, shape, view: int = 0) -> str:
     tag = getattr(frontend, "cache_tag", "")  # which features a configurable front-end computes
     name = f"{type(frontend).__module__}.{type(frontend).__name__}" + (f"-{tag}" if tag else "")
-    return f"{name}:{FEATURES_VERSION}:{mirror}:{tuple(shape)}"
+    key = f"{name}:{FEATURES_VERSION}:{mirror}:{tuple(shape)}"
+    return key + (f":view{view}:{VIEW_AUGMENT}" if view else "")
 
 
 def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: bool = False,
-           min_cached: int = MIN_CACHED) -> np.ndarray:
+           min_cached: int = MIN_CACHED, view: int = 0) -> np.ndarray:
     """:func:`compute`, read from (or written atomically to) the cache directory when it was done before.
 
     Sets of fewer than ``min_cached`` faces are not written (see ``MIN_CACHED``). A flip-invariant front-end
@@ -72,19 +101,22 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
     the inner front-end's cached features of both."""
     inner = getattr(frontend, "inner", None)
     if getattr(frontend, "flip_invariant", False) and inner is not None:
-        a = cached(inner, pixels, hashes, False, min_cached)
-        b = cached(inner, pixels, hashes, True, min_cached)
+        a = cached(inner, pixels, hashes, False, min_cached, view)
+        b = cached(inner, pixels, hashes, True, min_cached, view)
         return ((a.astype(np.float32) + b.astype(np.float32)) / 2).astype(np.float16)
-    tag = _key(frontend, mirror, pixels.shape[1:])
+    tag = _key(frontend, mirror, pixels.shape[1:], view)
     if len(pixels) < min_cached:
         keys = [f"{tag}:{h}" for h in hashes]
         todo = [i for i, k in enumerate(keys) if k not in _memo]
-        if not keys or len(_memo) + len(todo) > MEMO_MAX:  # nothing to remember, or too much: just compute
-            return compute(frontend, pixels, mirror)
-        if todo:
-            for i, f in zip(todo, compute(frontend, pixels[todo], mirror)):
-                _memo[keys[i]] = f
-        return np.stack([_memo[k] for k in keys])
+        if not keys:
+            return compute(frontend, pixels, mirror, view=view, hashes=hashes)
+        new = dict(zip(todo, compute(frontend, pixels[todo], mirror, view=view, hashes=hashes[todo]))) if todo else {}
+        global _memo_bytes
+        size = sum(f.nbytes for f in new.values())
+        if _memo_bytes + size <= MEMO_BYTES:  # remembered while they fit, else only returned
+            _memo.update((keys[i], f) for i, f in new.items())
+            _memo_bytes += size
+        return np.stack([new[i] if i in new else _memo[k] for i, k in enumerate(keys)])
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{tag}:{pixels.shape}".encode())
     for s in hashes:
@@ -92,7 +124,7 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
     path = cache_dir() / f"features-{h.hexdigest()}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
-    feats = compute(frontend, pixels, mirror)
+    feats = compute(frontend, pixels, mirror, view=view, hashes=hashes)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
@@ -108,19 +140,32 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
 class FeatureViews:
     """The front-end's features of a training set (and of its mirror images when ``mirror``), in memory.
 
-    :meth:`views` gives K views per example, example-major. View j of example i is the mirror image when
-    ``(j + coin_i)`` is odd, ``coin_i`` a fair coin: K=1 is a random flip, K=2 both the face and its mirror.
+    :meth:`views` gives K views per example, example-major. Without augmented views, view j of example i is the
+    mirror image when ``(j + coin_i)`` is odd, ``coin_i`` a fair coin: K=1 is a random flip, K=2 both the face
+    and its mirror. With ``aug_views`` N > 0 the pool of each face holds P = (N + 1) views (2(N + 1) with
+    mirror images: the face, each augmented copy, and their mirror images), and the K views are K distinct ones
+    drawn at random from it (a pool smaller than K is repeated).
     """
 
-    def __init__(self, frontend: nn.Module, fs, mirror: bool, device: torch.device | str = "cpu"):
+    def __init__(self, frontend: nn.Module, fs, mirror: bool, device: torch.device | str = "cpu", aug_views: int = 0):
         self.plain = torch.from_numpy(np.array(cached(frontend, fs.pixels, fs.hashes)))
         self.mirror = torch.from_numpy(np.array(cached(frontend, fs.pixels, fs.hashes, True))) if mirror else None
         self.device = device
+        self.pool = None
+        if aug_views:
+            flips = (False, True) if mirror else (False,)
+            self.pool = torch.stack([self.plain] + ([self.mirror] if mirror else []) + [
+                torch.from_numpy(np.array(cached(frontend, fs.pixels, fs.hashes, m, view=v)))
+                for v in range(1, aug_views + 1) for m in flips])
 
     def __len__(self) -> int:
         return len(self.plain)
 
     def views(self, rows: torch.Tensor, k: int = 1) -> torch.Tensor:
+        if self.pool is not None:
+            p = len(self.pool)
+            pick = torch.rand(len(rows), p).argsort(dim=1)[:, torch.arange(k) % p]  # [n, k] distinct while k <= P
+            return self.pool[pick.reshape(-1), rows.repeat_interleave(k)].float().to(self.device)
         rows = rows.repeat_interleave(k)
         x = self.plain[rows]
         if self.mirror is not None:

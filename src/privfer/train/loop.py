@@ -194,6 +194,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
         distributed.barrier()
     net = build_model(cfg.model, len(data.classes), **cfg.model_kwargs).to(device)
     fe = frontend_of(net)
+    if cfg.aug_views and fe is None:
+        raise PrivferError(f"aug_views: model {cfg.model!r} has no fixed front-end whose features could be cached")
     if fe is not None and data.val is not None and distributed.is_main():
         data.val_features = torch.from_numpy(np.array(cached(fe, data.val.pixels, data.val.hashes)))
     if distributed.rank() > 0:  # same initial weights (seed above); each rank its own augmentations
@@ -345,13 +347,20 @@ def _end_epoch(cfg, data, net, ema, opt, rng, st, out, stage, sums, privacy, lr,
     log(f"[{stage}] epoch {st['epoch']}: train_loss={train_loss:.4f} train_acc={train_acc:.4f}{va}{eps} ({m['time_s']}s)")
 
 
+def _feature_views(cfg, fe, fs, device) -> FeatureViews | None:
+    """The cached features of training set ``fs`` when the model has a fixed front-end and the cache is on."""
+    if fe is None or not cfg.feature_cache:
+        return None
+    return FeatureViews(fe, fs, mirror=mirror_views(fe, cfg.augment), device=device, aug_views=cfg.aug_views)
+
+
 def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_start, device):
     n = len(data.public)
     fs = _shard(data.public)
     world = distributed.world_size()
     x = torch.from_numpy(fs.pixels)
     fe = frontend_of(net)
-    fv = FeatureViews(fe, fs, mirror=mirror_views(fe, cfg.augment), device=device) if fe is not None and cfg.feature_cache else None
+    fv = _feature_views(cfg, fe, fs, device)
     obj = Objective(torch.from_numpy(fs.labels).to(device),
                     torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing)
     opt = make_optimizer(cfg.public_optimizer, net.parameters(), cfg.public_lr, cfg.momentum, cfg.public_weight_decay)
@@ -414,7 +423,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     k = cfg.aug_mult
     fe = frontend_of(net)
-    fv = FeatureViews(fe, fs, mirror=mirror_views(fe, cfg.augment), device=device) if fe is not None and cfg.feature_cache else None
+    fv = _feature_views(cfg, fe, fs, device)
     stepper = DPStepper(net.head if fe is not None else net, base, privacy.noise_multiplier, privacy.max_grad_norm,
                         expected_batch_size=max(1, round(privacy.sample_rate * n)),  # of the global batch
                         physical_batch_size=cfg.physical_batch_size, aug_mult=k,

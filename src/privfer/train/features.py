@@ -157,6 +157,8 @@ class FeatureViews:
             self.pool = torch.stack([self.plain] + ([self.mirror] if mirror else []) + [
                 torch.from_numpy(np.array(cached(frontend, fs.pixels, fs.hashes, m, view=v)))
                 for v in range(1, aug_views + 1) for m in flips])
+            # the face and its mirror are the pool's first rows: keep one copy of them in memory
+            self.plain, self.mirror = self.pool[0], (self.pool[1] if mirror else None)
 
     def __len__(self) -> int:
         return len(self.plain)

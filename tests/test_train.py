@@ -329,3 +329,52 @@ def test_environment_records_versions_seed_and_cpu():
     if Path("/proc/cpuinfo").exists():
         assert env["cpu"] not in ("", "unknown")
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_negative_term_is_a_logistic_loss_on_the_negative_log_odds():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 0, 2])
+    neg = torch.tensor([True, False, True, False])
+    plain = Objective(labels)(logits, torch.arange(6))
+    with_neg = Objective(labels, negative=neg, negative_weight=2.0)(logits, torch.arange(6))
+    odds = torch.logsumexp(logits[:, [0, 2]], 1) - torch.logsumexp(logits[:, [1, 3]], 1)
+    expected = -(torch.nn.functional.logsigmoid(odds[[0, 2, 4, 5]]).sum()
+                 + torch.nn.functional.logsigmoid(-odds[[1, 3]]).sum()) / 6
+    assert torch.allclose(with_neg - plain, 2.0 * expected)
+    # descending it raises the negative log-odds of the faces labelled negative and lowers the others'
+    (g,) = torch.autograd.grad(with_neg - plain, logits)
+    new = logits - g
+    new_odds = torch.logsumexp(new[:, [0, 2]], 1) - torch.logsumexp(new[:, [1, 3]], 1)
+    assert (new_odds[[0, 2, 4, 5]] > odds[[0, 2, 4, 5]]).all() and (new_odds[[1, 3]] < odds[[1, 3]]).all()
+    # with votes, the target is the share of votes for negative classes
+    votes = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.2, 0.6, 0.2]])
+    soft = Objective(torch.tensor([0, 2]), votes, negative=neg, negative_weight=1.0)
+    v_plain = Objective(torch.tensor([0, 2]), votes)(logits[:2], torch.arange(2))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(odds[:2], torch.tensor([0.5, 0.6]))
+    assert torch.allclose(soft(logits[:2], torch.arange(2)) - v_plain, bce)
+
+
+def test_negative_weight_reaches_dp_training_and_is_refused_when_meaningless(tiny_fer, tmp_path):
+    with pytest.raises(PrivferError, match="negative_weight must be >= 0"):
+        _cfg(tmp_path, "bad", private=f"fer2013:{tiny_fer}", negative_weight=-1)
+    with pytest.raises(PrivferError, match="both in and out of the negative set"):
+        Objective(torch.tensor([0, 1]), negative=torch.tensor([True, True]), negative_weight=1.0)
+    runs = [train(_cfg(tmp_path, f"nw{w}", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, negative_weight=w),
+                  progress=False, log=lambda *_: None) for w in (0.0, 5.0)]
+    a, b = (load_file(r / "model.safetensors") for r in runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # same seed, same noise: only the loss differs
+    assert json.loads((runs[1] / "config.json").read_text())["negative_weight"] == 5.0
+    assert _card(runs[0])["epsilon_spent"] == _card(runs[1])["epsilon_spent"]  # no privacy cost
+
+
+def test_negative_weight_refuses_classes_all_on_one_side(tmp_path):
+    from conftest import write_fer_folder
+
+    root = write_fer_folder(tmp_path / "pos", classes=["happy", "neutral", "surprise"])
+    out = tmp_path / "run"
+    with pytest.raises(PrivferError, match="not both in and out of the negative set"):
+        train(_cfg(tmp_path, "run", private=f"folder:{root}@train", val=f"folder:{root}@test", delta=1e-3, epochs=1,
+                   negative_weight=1.0),
+              progress=False, log=lambda *_: None)
+    assert not out.exists()

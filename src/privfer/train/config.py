@@ -48,6 +48,8 @@ class TrainConfig:
     public_weight_decay: float = 1e-4
     # both stages
     label_smoothing: float = 0.0        # hard labels only (votes are soft targets already)
+    negative_weight: float = 0.0        # weight of a negative-vs-rest logistic loss added to each example's
+                                        # loss (train/objective.py): trains the negative score directly
     augment: bool = True
     feature_cache: bool = True          # fixed front-ends: cached features of each face and its mirror (fast);
                                         # false: the front-end runs on randomly transformed faces every step
@@ -123,6 +125,8 @@ class TrainConfig:
             raise PrivferError(f"center_noise must be > 0, got {self.center_noise}")
         if not 0 <= self.label_smoothing < 1:
             raise PrivferError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.negative_weight >= 0:
+            raise PrivferError(f"negative_weight must be >= 0, got {self.negative_weight}")
         if self.max_grad_norm <= 0:
             raise PrivferError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         return self

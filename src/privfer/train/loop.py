@@ -39,6 +39,7 @@ from .dp import DPStepper
 from .features import FeatureViews, cached, frontend_of, head_logits, mirror_views
 from .objective import Objective
 from .privacy import PrivacyState, steps_per_epoch
+from ..taxonomy import negative_mask
 
 
 @dataclass
@@ -196,6 +197,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     fe = frontend_of(net)
     if cfg.aug_views and fe is None:
         raise PrivferError(f"aug_views: model {cfg.model!r} has no fixed front-end whose features could be cached")
+    neg = negative_mask(data.classes)
+    if cfg.negative_weight and (all(neg) or not any(neg)):
+        raise PrivferError(f"negative_weight: the classes {', '.join(data.classes)} are not both in and out of "
+                           "the negative set (anger, disgust, fear, sadness, contempt)")
     if fe is not None and data.val is not None and distributed.is_main():
         data.val_features = torch.from_numpy(np.array(cached(fe, data.val.pixels, data.val.hashes)))
     if distributed.rank() > 0:  # same initial weights (seed above); each rank its own augmentations
@@ -361,8 +366,7 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
     x = torch.from_numpy(fs.pixels)
     fe = frontend_of(net)
     fv = _feature_views(cfg, fe, fs, device)
-    obj = Objective(torch.from_numpy(fs.labels).to(device),
-                    torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing)
+    obj = _objective(cfg, fs, device)
     opt = make_optimizer(cfg.public_optimizer, net.parameters(), cfg.public_lr, cfg.momentum, cfg.public_weight_decay)
     if ckpt is not None:
         restore(ckpt[1], ckpt[0], net, ema.net, opt, rng)
@@ -405,6 +409,13 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
                    t_start, device)
 
 
+def _objective(cfg, fs: FaceSet, device) -> Objective:
+    """The training loss on ``fs``'s labels (or votes), with the config's label smoothing and negative term."""
+    return Objective(torch.from_numpy(fs.labels).to(device),
+                     torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing,
+                     torch.tensor(negative_mask(fs.classes)), cfg.negative_weight)
+
+
 def _sum_grads(net: nn.Module) -> None:
     """All-reduce (sum) the gradients over ranks; a rank with no examples in the batch contributes zeros."""
     params = [p for p in net.parameters() if p.requires_grad]
@@ -418,8 +429,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     n = len(data.private)
     fs = _shard(data.private)
     x = torch.from_numpy(fs.pixels)
-    obj = Objective(torch.from_numpy(fs.labels).to(device),
-                    torch.from_numpy(fs.votes).to(device) if fs.votes is not None else None, cfg.label_smoothing)
+    obj = _objective(cfg, fs, device)
     base = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     k = cfg.aug_mult
     fe = frontend_of(net)

@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .data import check_disjoint, split_by_hash, to_input, without_private
 from .dp import DPStepper
 from .features import FeatureViews, cached, frontend_of, head_logits, mirror_views
-from .objective import Objective
+from .objective import Objective, check_negative_mask
 from .privacy import PrivacyState, steps_per_epoch
 from ..taxonomy import negative_mask
 
@@ -197,10 +197,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     fe = frontend_of(net)
     if cfg.aug_views and fe is None:
         raise PrivferError(f"aug_views: model {cfg.model!r} has no fixed front-end whose features could be cached")
-    neg = negative_mask(data.classes)
-    if cfg.negative_weight and (all(neg) or not any(neg)):
-        raise PrivferError(f"negative_weight: the classes {', '.join(data.classes)} are not both in and out of "
-                           "the negative set (anger, disgust, fear, sadness, contempt)")
+    if cfg.negative_weight:  # refused before the run directory is written
+        check_negative_mask(torch.tensor(negative_mask(data.classes)), data.classes)
     if fe is not None and data.val is not None and distributed.is_main():
         data.val_features = torch.from_numpy(np.array(cached(fe, data.val.pixels, data.val.hashes)))
     if distributed.rank() > 0:  # same initial weights (seed above); each rank its own augmentations

@@ -15,6 +15,15 @@ import torch.nn.functional as F
 from ..errors import PrivferError
 
 
+def check_negative_mask(negative: torch.Tensor | None, classes=None) -> None:
+    """Refuse the negative term when the classes are not both in and out of the negative set (it would then be
+    constant). ``classes``: their names, for the message."""
+    if negative is None or not 0 < int(negative.sum()) < len(negative):
+        names = f"the classes {', '.join(classes)} are" if classes else "the classes are"
+        raise PrivferError(f"negative_weight: {names} not both in and out of the negative set "
+                           "(anger, disgust, fear, sadness, contempt)")
+
+
 def negative_log_odds(logits: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """[N] log(P(negative) / P(rest)) of softmax(logits), for ``negative`` a bool mask over the classes."""
     return torch.logsumexp(logits[:, negative], dim=1) - torch.logsumexp(logits[:, ~negative], dim=1)
@@ -33,9 +42,7 @@ class Objective:
         self.label_smoothing = label_smoothing
         self.negative_weight = negative_weight
         if negative_weight:
-            if negative is None or not (0 < int(negative.sum()) < len(negative)):
-                raise PrivferError("negative_weight needs classes both in and out of the negative set "
-                                   "(anger, disgust, fear, sadness, contempt)")
+            check_negative_mask(negative)
             neg = negative.to(labels.device)
             # the negative target of each example: its label's membership, or its votes' negative share
             self.negative_target = (votes[:, neg].sum(1) if votes is not None else neg[labels].float())

@@ -182,6 +182,65 @@ def test_fit_class_bias_lifts_a_rare_class_and_keeps_accuracy():
         fit_class_bias(z, y[:-1])
 
 
+def test_raise_to_recall_meets_each_floor_with_the_smallest_raise():
+    from privfer.eval.calibrate import fit_class_bias, raise_to_recall
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(600, int), np.ones(600, int), np.full(200, 2), np.full(40, 3)]
+    z = rng.normal(0, 1, (len(y), 4))
+    z[np.arange(len(y)), y] += 1.0
+    z[:, 2:] -= 1.0  # two under-predicted classes that steal from each other
+    rec = lambda b: np.array([((z + b).argmax(1)[y == c] == c).mean() for c in range(4)])  # noqa: E731
+    b0 = fit_class_bias(z, y, "mixed")
+    before = rec(b0)
+    assert before[2] < 0.5 and before[3] < 0.5
+    b = raise_to_recall(z, y, b0, {2: 0.5, 3: 0.5})
+    after = rec(b)
+    assert after[2] >= 0.5 and after[3] >= 0.5 and abs(b.mean()) < 1e-9
+    assert (after[:2] <= before[:2]).all()  # only the floored classes gain
+    # the smallest raise: a hair less and a floor fails (offsets only matter relative to each other)
+    for c in (2, 3):
+        less = b.copy()
+        less[c] -= 1e-4
+        assert rec(less)[c] < 0.5
+    # floors already met: nothing moves
+    np.testing.assert_allclose(raise_to_recall(z, y, b0, {0: 0.1}), b0 - b0.mean())
+    np.testing.assert_array_equal(b, raise_to_recall(z, y, b0, {2: 0.5, 3: 0.5}))  # deterministic
+    with pytest.raises(PrivferError, match="no example"):
+        raise_to_recall(z[y != 3], y[y != 3], b0, {3: 0.5})
+    twins = np.repeat(z[:50], 2, axis=0)  # two classes the logits cannot tell apart: not both at 90%
+    with pytest.raises(PrivferError, match="could not be met together"):
+        raise_to_recall(twins, np.tile([2, 3], 50), b0, {2: 0.9, 3: 0.9})
+
+
+def test_min_recall_is_parsed_checked_and_recorded_by_fit_calibration():
+    from privfer.eval.calibrate import fit_calibration, parse_min_recall
+
+    assert parse_min_recall("Disgust=0.45, fear=0.4") == {"disgust": 0.45, "fear": 0.4}  # canonical names
+    assert parse_min_recall({"scared": 0.3}) == {"fear": 0.3}
+    assert parse_min_recall(None) == {} and parse_min_recall("") == {}
+    for bad, match in (("disgust", "CLASS=FLOOR"), ("disgust=high", "not a number"), ("fear=1.2", r"\(0, 1\)"),
+                       ("fear=0", r"\(0, 1\)"), ("boredom=0.3", "unknown class name"), (["fear"], "mapping")):
+        with pytest.raises(PrivferError, match=match):
+            parse_min_recall(bad)
+    rng = np.random.default_rng(1)
+    classes = ("neutral", "happiness", "sadness", "disgust")
+    y = rng.choice(4, 600, p=[0.4, 0.4, 0.15, 0.05])
+    z = 2.0 * np.eye(4)[y] + rng.normal(0, 1.5, (600, 4))
+    z[:, 3] -= 1.0
+    c = fit_calibration(z, y, classes, "mixed", min_recall={"disgust": 0.6})
+    assert c["class_bias_min_recall"] == {"disgust": 0.6}
+    decided = (z / c["temperature"] + np.array(c["class_bias"])).argmax(1)
+    assert (decided[y == 3] == 3).mean() >= 0.6
+    assert fit_calibration(z, y, classes, "mixed")["class_bias_min_recall"] is None
+    with pytest.raises(PrivferError, match="set class_bias"):
+        fit_calibration(z, y, classes, "off", min_recall={"disgust": 0.6})
+    with pytest.raises(PrivferError, match="not a class of the model"):
+        fit_calibration(z, y, classes, "mixed", min_recall={"fear": 0.6})
+    with pytest.raises(PrivferError, match="no example of disgust"):
+        fit_calibration(z[y != 3], y[y != 3], classes, "mixed", min_recall={"disgust": 0.6})
+
+
 def test_auroc_ci_is_delong_on_pairwise_comparisons():
     """The interval's variance equals DeLong's, computed here by brute force over all (positive, negative) pairs."""
     from statistics import NormalDist

@@ -299,6 +299,38 @@ def test_calibrate_refits_on_new_data_and_leaves_out_private_images(tiny_fer, tm
     assert "another model" in capsys.readouterr().err and (other / "model_card.json").read_text() == card_before
 
 
+def test_min_recall_floors_the_decided_labels_recall_on_validation(tiny_fer, tmp_path, capsys):
+    """``min_recall`` raises the floored classes' offsets at the end of training until their validation recall
+    meets the floor; the card records the floors, ``privfer calibrate`` keeps or drops them, and a floor the run
+    cannot fit is refused before the run directory is written."""
+    from conftest import write_fer_folder
+
+    from privfer.eval.evaluate import evaluate
+
+    floors = {"disgust": 0.8, "fear": 0.5}  # above what one epoch learns: the offsets must do it
+    run = train(_cfg(tmp_path, "floors", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, class_bias="mixed",
+                     min_recall="disgust=0.8,fear=0.5"), progress=False, log=lambda *_: None)
+    card = _card(run)
+    assert card["class_bias_min_recall"] == floors == card["config"]["min_recall"]
+    r = evaluate(run, f"fer2013:{tiny_fer}@val")
+    assert r["per_class"]["disgust"]["recall"] >= 0.8 and r["per_class"]["fear"]["recall"] >= 0.5
+    plain = tmp_path / "plain"
+    assert main(["calibrate", str(run), "--data", f"fer2013:{tiny_fer}@val", "--out", str(plain),
+                 "--min-recall", "none"]) == 0
+    assert "recall floors" not in capsys.readouterr().err and _card(plain)["class_bias_min_recall"] is None
+    assert main(["calibrate", str(run), "--data", f"fer2013:{tiny_fer}@val", "--out", str(run)]) == 0
+    assert "recall floors disgust 0.8, fear 0.5" in capsys.readouterr().err  # the card's floors by default
+    with pytest.raises(PrivferError, match="set class_bias"):
+        _cfg(tmp_path, "x", private=f"fer2013:{tiny_fer}", min_recall={"fear": 0.5})
+    no_fear = write_fer_folder(tmp_path / "nofear", classes=["angry", "disgust", "happy", "neutral"])
+    for bad, match in (({"contempt": 0.5}, "contempt, not a class of the model"),
+                       ({"fear": 0.5}, "the calibration data has no example of fear")):
+        with pytest.raises(PrivferError, match=match):
+            train(_cfg(tmp_path, "refused", private=f"fer2013:{no_fear}", delta=1e-3, epochs=1, class_bias="mixed",
+                       min_recall=bad), progress=False, log=lambda *_: None)
+        assert not (tmp_path / "refused").exists()
+
+
 def test_evaluate_can_leave_out_the_models_own_training_images(tiny_fer, tmp_path, capsys):
     import shutil
 

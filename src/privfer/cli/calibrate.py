@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
                    help="objective of the class offsets (default: the card's, off without one)")
     p.add_argument("--negative-recall", type=float, default=None, metavar="R",
                    help="threshold meets this negative recall on the data (default: the card's target, else max F1)")
+    p.add_argument("--min-recall", default=None, metavar="CLASS=R[,CLASS=R]",
+                   help="raise these classes' offsets until each one's recall on the data is at least R (default: the "
+                        "card's floors; 'none' for none)")
     p.add_argument("--batch-size", type=int, default=512, help="faces per forward pass (default 512)")
     p.set_defaults(func=run)
 
@@ -30,8 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     card = recalibrate(args.model, args.data, args.out, class_bias=args.class_bias,
                        negative_recall=args.negative_recall, batch_size=args.batch_size,
+                       min_recall={} if (args.min_recall or "").lower() == "none" else args.min_recall,
                        log=lambda m: print(m, file=sys.stderr))
     offsets = card["class_bias_objective"] or "off"
+    if card.get("class_bias_min_recall"):
+        offsets += " with recall floors " + ", ".join(f"{c} {r:g}" for c, r in card["class_bias_min_recall"].items())
     print(f"privfer calibrate: {args.out}: temperature {card['temperature']:.4g}, class offsets {offsets}, negative "
           f"threshold {card['negative_threshold']:.4g} (fit on {card['calibration_data']['n']} faces of {card['calibrated_on']})",
           file=sys.stderr)

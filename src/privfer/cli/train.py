@@ -54,6 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--class-bias", choices=["off", "mixed", "balanced"],
                    help="per-class logit offsets fit on validation: mixed maximises accuracy + balanced accuracy, "
                         "balanced the mean per-class recall (default off)")
+    p.add_argument("--min-recall", metavar="CLASS=R[,CLASS=R]",
+                   help="then raise these classes' offsets until each one's validation recall is at least R "
+                        "(e.g. disgust=0.4,fear=0.4; needs --class-bias mixed or balanced)")
     p.add_argument("--limit", type=int, help="use only the first N training samples")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
@@ -81,7 +84,8 @@ def run(args) -> int:
         "augment": False if args.no_augment else None, "labels": args.labels,
         "feature_cache": False if args.no_feature_cache else None, "aug_views": args.aug_views,
         "dedupe": False if args.no_dedupe else None,
-        "negative_recall": args.negative_recall, "class_bias": args.class_bias, "limit": args.limit,
+        "negative_recall": args.negative_recall, "class_bias": args.class_bias, "min_recall": args.min_recall,
+        "limit": args.limit,
         "seed": args.seed, "threads": args.threads,
         "device": args.device,
     }

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import PrivferError
 from ..models.io import CALIBRATION_VERSION, softmax
-from ..taxonomy import negative_mask
+from ..taxonomy import canonical, negative_mask
 from .metrics import binary_curve
 
 #: Search range for the temperature.
@@ -134,33 +134,125 @@ def fit_class_bias(logits, labels, objective: str = "mixed", iters: int = 50) ->
     return b - b.mean()
 
 
-def fit_calibration(logits, labels, classes, class_bias: str = "off", negative_recall: float | None = None) -> dict:
+def parse_min_recall(value) -> dict[str, float]:
+    """Recall floors as ``{class name: floor}`` from a mapping (a config's ``min_recall``) or a
+    ``"disgust=0.4,fear=0.4"`` string (the command line); class names are canonicalised ("Angry" -> anger)
+    and each floor must lie in (0, 1). None or an empty value gives ``{}``."""
+    if value is None or value == "" or value == {}:
+        return {}
+    if isinstance(value, str):
+        pairs = []
+        for part in value.split(","):
+            name, sep, floor = part.partition("=")
+            if not sep or not name.strip() or not floor.strip():
+                raise PrivferError(f"min_recall: expected CLASS=FLOOR[,CLASS=FLOOR...], got {value!r}")
+            pairs.append((name, floor))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise PrivferError(f"min_recall must be a mapping of class names to floors, got {type(value).__name__}")
+    floors = {}
+    for name, floor in pairs:
+        try:
+            f = float(floor)
+        except (TypeError, ValueError):
+            raise PrivferError(f"min_recall: floor of {name!r} is not a number: {floor!r}") from None
+        if not 0 < f < 1:
+            raise PrivferError(f"min_recall: floor of {name!r} must be in (0, 1), got {f}")
+        floors[canonical(name)] = f
+    return floors
+
+
+def check_min_recall(min_recall, class_bias: str, classes, labels=None) -> dict[str, float]:
+    """The floors of ``min_recall`` (:func:`parse_min_recall`), checked against the other settings: they need
+    ``class_bias`` on, classes of the model, and (when ``labels`` are given) at least one example of each
+    floored class in the data they are fit on. Raises :class:`PrivferError` naming the problem."""
+    floors = parse_min_recall(min_recall)
+    if not floors:
+        return floors
+    if class_bias == "off":
+        raise PrivferError("min_recall raises class offsets: set class_bias to mixed or balanced")
+    missing = [c for c in floors if c not in classes]
+    if missing:
+        raise PrivferError(f"min_recall names {', '.join(missing)}, not a class of the model ({', '.join(classes)})")
+    if labels is not None:
+        counts = np.bincount(np.asarray(labels, np.int64).ravel(), minlength=len(classes))
+        absent = [c for c in floors if counts[list(classes).index(c)] == 0]
+        if absent:
+            raise PrivferError(f"min_recall: the calibration data has no example of {', '.join(absent)}")
+    return floors
+
+
+def raise_to_recall(logits, labels, bias, floors: dict[int, float], max_rounds: int = 100) -> np.ndarray:
+    """Class offsets ``bias`` raised, as little as needed, until each class ``c`` of ``floors`` has a recall of
+    at least ``floors[c]`` on (``logits``, ``labels``) under ``argmax(logits + bias)``.
+
+    Raising one class's offset only moves decisions *to* that class, so its recall rises and every other class's
+    can only fall; the classes are raised in turn, each by the smallest step that meets its floor, until all
+    floors hold at once (a floor of one class can undo another's: then the next round raises that one again).
+    Deterministic. Raises :class:`PrivferError` when a floored class has no example, or when the floors cannot
+    be met together within ``max_rounds`` rounds. Returns the offsets with mean 0.
+    """
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64).ravel()
+    b = np.array(bias, np.float64, copy=True)
+    need = {}
+    for c, floor in floors.items():
+        n_c = int((y == c).sum())
+        if n_c == 0:
+            raise PrivferError(f"min_recall: no example of class index {c} to fit its recall floor on")
+        need[c] = math.ceil(floor * n_c - 1e-9)  # correct decisions the floor asks for
+    for _ in range(max_rounds):
+        met = True
+        for c, k in need.items():
+            s = z[y == c] + b
+            margin = s[:, c] - np.delete(s, c, axis=1).max(axis=1)  # > 0: decided as c
+            kth = np.sort(margin)[::-1][k - 1]  # the k-th best margin must be > 0
+            if kth <= 0:
+                b[c] += -kth + 1e-6 * max(1.0, abs(kth))
+                met = False
+        if met:
+            return b - b.mean()
+    raise PrivferError(f"min_recall: the recall floors could not be met together in {max_rounds} rounds")
+
+
+def fit_calibration(logits, labels, classes, class_bias: str = "off", negative_recall: float | None = None,
+                    min_recall: dict[str, float] | None = None) -> dict:
     """Temperature, class offsets (objective ``class_bias``: ``off``, ``mixed`` or ``balanced``) and negative
     threshold for a model's ``logits`` [N, C] on labelled data (``labels`` index ``classes``), as model card
-    fields: ``temperature``, ``class_bias`` (None when off), ``class_bias_objective``, ``negative_threshold``
-    (on the negative score of the calibrated probabilities; see :func:`fit_threshold` for ``negative_recall``)
-    and ``calibration_version``."""
+    fields: ``temperature``, ``class_bias`` (None when off), ``class_bias_objective``, ``class_bias_min_recall``,
+    ``negative_threshold`` (on the negative score of the calibrated probabilities; see :func:`fit_threshold` for
+    ``negative_recall``) and ``calibration_version``.
+
+    ``min_recall`` (``{class name: floor}``, see :func:`parse_min_recall`) then raises the offsets of those
+    classes until each decided label meets its recall floor on this data (:func:`raise_to_recall`); it needs
+    ``class_bias`` on. The floors are met in sample; ``benchmarks/class_bias_crossfit.py`` measures them out of
+    sample."""
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.int64).ravel()
     if class_bias != "off" and class_bias not in BIAS_OBJECTIVES:
         raise PrivferError(f"class bias must be off or one of {', '.join(BIAS_OBJECTIVES)}, got {class_bias!r}")
+    floors = check_min_recall(min_recall, class_bias, classes, y)
     t = fit_temperature(z, y)
     bias = None if class_bias == "off" else fit_class_bias(z / t, y, class_bias)
+    if floors:
+        bias = raise_to_recall(z / t, y, bias, {list(classes).index(c): f for c, f in floors.items()})
     neg_mask = np.array(negative_mask(classes))
     neg_score = softmax(z, t)[:, neg_mask].sum(axis=1)
     return {"temperature": float(t), "class_bias": None if bias is None else [float(v) for v in bias],
             "class_bias_objective": None if bias is None else class_bias,
+            "class_bias_min_recall": floors or None,
             "negative_threshold": float(fit_threshold(neg_score, neg_mask[y], negative_recall)),
             "calibration_version": CALIBRATION_VERSION}
 
 
 def recalibrate(model, spec, out, class_bias: str | None = None, negative_recall: float | None = None,
-                batch_size: int = 512, log=print) -> dict:
+                batch_size: int = 512, log=print, min_recall=None) -> dict:
     """Refit a model's calibration (:func:`fit_calibration`) on the labelled data ``spec`` and write the model
     with its new card to ``out`` (a run directory; the weights are copied unless they are already there).
 
-    ``class_bias`` defaults to the card's objective (``off`` without one) and ``negative_recall`` to the card's
-    target. Samples of classes the model lacks are dropped, and so are images of the model's DP-protected
+    ``class_bias`` defaults to the card's objective (``off`` without one), ``negative_recall`` to the card's
+    target and ``min_recall`` to the card's recall floors (``{}``: none). Samples of classes the model lacks are dropped, and so are images of the model's DP-protected
     training data (by content hash, where that data can be read): the calibration is released without
     privacy. Returns the new card.
     """
@@ -192,7 +284,10 @@ def recalibrate(model, spec, out, class_bias: str | None = None, negative_recall
                                "without privacy would void its guarantee")
     objective = class_bias or lm.card.get("class_bias_objective") or "off"
     recall = negative_recall if negative_recall is not None else lm.card.get("negative_recall_target")
-    calib = fit_calibration(lm.logits(fs.pixels, batch_size=batch_size), fs.labels, lm.classes, objective, recall)
+    floors = min_recall if min_recall is not None else lm.card.get("class_bias_min_recall")
+    check_min_recall(floors, objective, lm.classes, fs.labels)  # before the model is run
+    calib = fit_calibration(lm.logits(fs.pixels, batch_size=batch_size), fs.labels, lm.classes, objective, recall,
+                            floors)
     weights, _ = resolve(model)
     target = Path(out) / "model.safetensors"
     if target.exists() and target.read_bytes() != weights.read_bytes():

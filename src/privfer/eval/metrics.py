@@ -199,8 +199,9 @@ def reliability(prob, outcome, n_bins: int = CALIBRATION_BINS) -> dict:
     y = np.asarray(outcome, bool).ravel()
     if p.shape != y.shape:
         raise ValueError(f"{p.size} probabilities but {y.size} outcomes")
-    if p.size and (p.min() < 0.0 or p.max() > 1.0):
+    if p.size and (p.min() < -1e-9 or p.max() > 1.0 + 1e-9):
         raise ValueError("probabilities must lie in [0, 1]")
+    p = np.clip(p, 0.0, 1.0)  # sums of a row's probabilities may exceed 1 by rounding
     idx = np.clip(np.ceil(p * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)
     return {"edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),

@@ -411,6 +411,13 @@ def make_report(run_dirs: list[str | Path], out_dir: str | Path, batch_size: int
             md += [f"{IN_SAMPLE.strip()} In sample: the run's temperature and class offsets were fit on this split "
                    "(less any images that are also its private training data); "
                    "`benchmarks/class_bias_crossfit.py` measures them cross-fitted.", ""]
+        floored = [f"- {runs[i].name}: " + ", ".join(f"{c} {f:g}" for c, f in floors.items())
+                   for i in idx if runs[i].val and (floors := runs[i].card.get("class_bias_min_recall"))]
+        if floored:
+            md += ["Recall floors (`min_recall`): these runs' class offsets were raised until these classes' recall "
+                   "on their calibration split met the floor, so on that split the recall is at least the floor by "
+                   "construction (up to the rounding of cached features); `benchmarks/class_bias_crossfit.py` "
+                   "measures it out of sample:", "", *floored, ""]
         dropped = [f"- {runs[i].name}: dropped {runs[i].val['dropped']} (classes the model lacks)"
                    for i in idx if runs[i].val and any(runs[i].val["dropped"].values())]
         md += dropped + ([""] if dropped else [])

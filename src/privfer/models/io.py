@@ -186,8 +186,9 @@ class LoadedModel:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0, bias: np.ndarray | None = None) -> np.ndarray:
-    """``softmax(logits / temperature + bias)`` over the last axis."""
-    z = logits / max(temperature, 1e-6)
+    """``softmax(logits / temperature + bias)`` over the last axis, in float64 (float32 sums of a row's
+    probabilities can exceed 1)."""
+    z = np.asarray(logits, np.float64) / max(temperature, 1e-6)
     if bias is not None:
         z = z + bias
     z = z - z.max(axis=1, keepdims=True)

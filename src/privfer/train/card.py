@@ -100,6 +100,7 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "temperature": calib["temperature"],
         "class_bias": calib.get("class_bias"),
         "class_bias_objective": calib.get("class_bias_objective"),
+        "class_bias_min_recall": calib.get("class_bias_min_recall"),
         "calibration_version": calib["calibration_version"],
         "negative_threshold": calib["negative_threshold"],
         "negative_recall_target": cfg.negative_recall,

@@ -59,6 +59,8 @@ class TrainConfig:
     ema_decay: float = 0.99
     negative_recall: float | None = None  # threshold meets this recall on validation (else: max F1)
     class_bias: str = "off"             # off | mixed | balanced: per-class logit offsets fit on validation
+    min_recall: dict | None = None      # {class: floor}: then raise those classes' offsets until each one's
+                                        # validation recall is at least its floor (e.g. {disgust: 0.4})
     select: str = "best"                # best (validation accuracy of EMA weights) | last
     seed: int = 0
     threads: int | None = None
@@ -117,6 +119,11 @@ class TrainConfig:
             raise PrivferError(f"labels must be majority or votes, got {self.labels!r}")
         if self.class_bias not in ("off", "mixed", "balanced"):
             raise PrivferError(f"class_bias must be off, mixed or balanced, got {self.class_bias!r}")
+        from ..eval.calibrate import parse_min_recall
+
+        self.min_recall = parse_min_recall(self.min_recall) or None
+        if self.min_recall and self.class_bias == "off":
+            raise PrivferError("min_recall raises class offsets: set class_bias to mixed or balanced")
         if self.select not in ("best", "last"):
             raise PrivferError(f"select must be best or last, got {self.select!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -38,6 +38,7 @@ from .data import check_disjoint, split_by_hash, to_input, without_private
 from .dp import DPStepper
 from .features import FeatureViews, cached, frontend_of, head_logits, mirror_views
 from .objective import Objective, check_negative_mask
+from ..eval.calibrate import check_min_recall
 from .privacy import PrivacyState, steps_per_epoch
 from ..taxonomy import negative_mask
 
@@ -199,6 +200,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
         raise PrivferError(f"aug_views: model {cfg.model!r} has no fixed front-end whose features could be cached")
     if cfg.negative_weight:  # refused before the run directory is written
         check_negative_mask(torch.tensor(negative_mask(data.classes)), data.classes)
+    if cfg.min_recall:  # refused before the run directory is written
+        if data.val is None:
+            raise PrivferError("min_recall: the class offsets' recall floors are fit on validation data; give --val")
+        check_min_recall(cfg.min_recall, cfg.class_bias, data.classes, data.val.labels)
     if fe is not None and data.val is not None and distributed.is_main():
         data.val_features = torch.from_numpy(np.array(cached(fe, data.val.pixels, data.val.hashes)))
     if distributed.rank() > 0:  # same initial weights (seed above); each rank its own augmentations
@@ -494,7 +499,7 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
         from ..eval.calibrate import fit_calibration
 
         calib = {**fit_calibration(val_logits(final, data), data.val.labels, data.classes, cfg.class_bias,
-                                   cfg.negative_recall), "calibrated_on": data.val.spec}
+                                   cfg.negative_recall, cfg.min_recall), "calibrated_on": data.val.spec}
     fe = frontend_of(final)
     card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size(),
                       feature_center=describe_center(cfg, data, fe) if fe is not None else None)

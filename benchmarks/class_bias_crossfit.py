@@ -13,7 +13,7 @@ reports on the calibration split).
 With recall floors (the card's ``class_bias_min_recall``, or ``--min-recall CLASS=R[,...]``; ``none`` for none), the
 cross-fitted offsets meet them on the half they are fit on, and the other half shows how far they hold out of sample.
 
-Usage: python benchmarks/class_bias_crossfit.py MODEL SPEC [--objective mixed|balanced] [--min-recall disgust=0.4,fear=0.4]
+Usage: python benchmarks/class_bias_crossfit.py MODEL SPEC [--objective mixed|balanced] [--min-recall disgust=0.35,fear=0.35]
        (e.g. runs/fer2013-dp8 fer2013:../shared/data/fer2013@val)
 """
 from __future__ import annotations

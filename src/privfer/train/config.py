@@ -119,11 +119,10 @@ class TrainConfig:
             raise PrivferError(f"labels must be majority or votes, got {self.labels!r}")
         if self.class_bias not in ("off", "mixed", "balanced"):
             raise PrivferError(f"class_bias must be off, mixed or balanced, got {self.class_bias!r}")
-        from ..eval.calibrate import parse_min_recall
+        from ..eval.calibrate import check_min_recall
+        from ..taxonomy import CLASSES
 
-        self.min_recall = parse_min_recall(self.min_recall) or None
-        if self.min_recall and self.class_bias == "off":
-            raise PrivferError("min_recall raises class offsets: set class_bias to mixed or balanced")
+        self.min_recall = check_min_recall(self.min_recall, self.class_bias, CLASSES) or None
         if self.select not in ("best", "last"):
             raise PrivferError(f"select must be best or last, got {self.select!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -116,6 +116,53 @@ def test_each_clipped_example_gradient_is_at_most_C(k):
         assert 0 < float(norm) <= C * (1 + 1e-4)
 
 
+def _hidden_head(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(40, 16), torch.nn.GELU(), torch.nn.Linear(16, 5))
+
+
+@pytest.mark.parametrize("votes", [False, True])
+def test_ghost_clipping_gives_the_flat_update(votes):
+    """Ghost clipping (norms without per-example gradients) releases the same noisy, clipped sum as Opacus'
+    per-example gradients: same weights after several steps with noise, virtual steps and clipping active."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 40, generator=g) * 3
+    labels = torch.randint(0, 5, (64,), generator=g)
+    vote = torch.softmax(torch.randn(64, 5, generator=g), 1) if votes else None
+    obj = Objective(labels, vote, negative=torch.tensor([True, True, False, False, False]), negative_weight=0.5)
+    nets = []
+    for ghost in (False, True):
+        net = _hidden_head(0)
+        stepper = DPStepper(net, torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9), noise_multiplier=0.7,
+                            max_grad_norm=0.1, expected_batch_size=24, physical_batch_size=10, ghost=ghost)
+        torch.manual_seed(5)  # the noise stream
+        for idx in (torch.arange(0, 25), torch.arange(25, 50), torch.tensor([], dtype=torch.long), torch.arange(50, 64)):
+            stepper.step(obj, idx, lambda r: x[r])
+        nets.append(net)
+    before = _hidden_head(0)
+    for a, b, c in zip(nets[0].parameters(), nets[1].parameters(), before.parameters()):
+        assert not torch.allclose(a, c)  # it trained
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_ghost_clipping_trains_with_the_same_epsilon(tiny_fer, tmp_path):
+    runs = {c: train(_cfg(tmp_path, c, private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, clipping=c),
+                     progress=False, log=lambda *_: None) for c in ("flat", "ghost")}
+    cards = {c: _card(r) for c, r in runs.items()}
+    assert cards["ghost"]["clipping"] == "ghost" and cards["flat"]["clipping"] == "flat"
+    assert cards["ghost"]["epsilon_spent"] == cards["flat"]["epsilon_spent"] <= 8
+
+
+def test_ghost_clipping_refusals(tiny_fer, tmp_path):
+    with pytest.raises(PrivferError, match="aug-mult 1"):
+        _cfg(tmp_path, "g", private=f"fer2013:{tiny_fer}", clipping="ghost", aug_mult=2)
+    with pytest.raises(PrivferError, match="flat or ghost"):
+        _cfg(tmp_path, "g", private=f"fer2013:{tiny_fer}", clipping="fast")
+    with pytest.raises(ValueError, match="aug_mult 1"):
+        DPStepper(_hidden_head(0), torch.optim.SGD(_hidden_head(0).parameters(), lr=0.1), 1.0, 1.0, 8, aug_mult=2,
+                  ghost=True)
+
+
 def test_aug_mult_does_not_change_epsilon(tiny_fer, tmp_path):
     a = _card(train(_cfg(tmp_path, "k1", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, aug_mult=1),
                     progress=False, log=lambda *_: None))

@@ -82,6 +82,7 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "sample_rate": privacy.sample_rate if privacy else None,
         "steps": privacy.steps if privacy else st["global_step"],
         "aug_mult": cfg.aug_mult,
+        "clipping": cfg.clipping if privacy else None,
         "accountant": privacy.accountant if privacy else None,
         "accountant_history": privacy.history if privacy else None,
         "world_size": world_size,

@@ -34,6 +34,9 @@ class TrainConfig:
     physical_batch_size: int = 256      # memory bound: logical batches are split into these (virtual steps)
     max_grad_norm: float = 1.0
     aug_mult: int = 1                   # augmentation multiplicity K (views averaged inside each per-example gradient)
+    clipping: str = "flat"              # flat: Opacus' per-example gradients, then clipping | ghost: Opacus' ghost
+                                        # clipping (per-example norms without the gradients; the same update, far
+                                        # faster for wide linear layers; K = 1, one process)
     optimizer: str = "sgd"              # sgd (momentum) | adamw
     lr: float = 2.0
     momentum: float = 0.9
@@ -105,6 +108,11 @@ class TrainConfig:
                 raise PrivferError(f"--public-split must be in (0, 1), got {self.public_split}")
         if self.aug_mult < 1:
             raise PrivferError(f"--aug-mult must be >= 1, got {self.aug_mult}")
+        if self.clipping not in ("flat", "ghost"):
+            raise PrivferError(f"clipping must be flat or ghost, got {self.clipping!r}")
+        if self.clipping == "ghost" and self.aug_mult != 1:
+            raise PrivferError(f"clipping ghost clips each view's gradient, not their mean over K views: it needs "
+                               f"--aug-mult 1, got {self.aug_mult} (or use --clipping flat)")
         if self.aug_views < 0:
             raise PrivferError(f"--aug-views must be >= 0, got {self.aug_views}")
         if self.aug_views and not (self.augment and self.feature_cache):

@@ -178,7 +178,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     if not main:  # rank 0 alone logs and shows progress
         log, progress = (lambda *_: None), False
     problem = None
-    if main and not resume and out.exists() and any(out.iterdir()):
+    if cfg.clipping == "ghost" and distributed.world_size() > 1:
+        problem = "clipping ghost runs in one process: use --clipping flat with torchrun"
+    elif main and not resume and out.exists() and any(out.iterdir()):
         problem = f"{out}: run directory exists and is not empty (use --resume {out} or another --out)"
     problem = distributed.broadcast_object(problem)  # rank 0 creates the directory: only it may check
     if problem:
@@ -440,7 +442,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     stepper = DPStepper(net.head if fe is not None else net, base, privacy.noise_multiplier, privacy.max_grad_norm,
                         expected_batch_size=max(1, round(privacy.sample_rate * n)),  # of the global batch
                         physical_batch_size=cfg.physical_batch_size, aug_mult=k,
-                        distributed=distributed.world_size() > 1)
+                        distributed=distributed.world_size() > 1, ghost=cfg.clipping == "ghost")
     if ckpt is not None:
         restore(ckpt[1], ckpt[0], net, ema.net, base, rng)
         _restore_rank_rng(ckpt[0], cfg, device)

@@ -48,15 +48,19 @@ class Objective:
             self.negative_target = (votes[:, neg].sum(1) if votes is not None else neg[labels].float())
             self.negative = neg
 
-    def __call__(self, logits: torch.Tensor, rows: torch.Tensor, k: int = 1) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor, k: int = 1, reduction: str = "mean") -> torch.Tensor:
+        """The mean loss over the views, or with ``reduction="none"`` each view's loss ([b*k])."""
         if self.votes is not None:
             target = self.votes[rows].repeat_interleave(k, dim=0)
-            loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+            loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+            loss = loss.mean() if reduction == "mean" else loss
         else:
-            loss = F.cross_entropy(logits, self.labels[rows].repeat_interleave(k), label_smoothing=self.label_smoothing)
+            loss = F.cross_entropy(logits, self.labels[rows].repeat_interleave(k), label_smoothing=self.label_smoothing,
+                                   reduction=reduction)
         if self.negative_weight:
             loss = loss + self.negative_weight * F.binary_cross_entropy_with_logits(
-                negative_log_odds(logits, self.negative), self.negative_target[rows].repeat_interleave(k))
+                negative_log_odds(logits, self.negative), self.negative_target[rows].repeat_interleave(k),
+                reduction=reduction)
         return loss
 
     def correct(self, logits: torch.Tensor, rows: torch.Tensor, k: int = 1) -> int:

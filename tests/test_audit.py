@@ -217,6 +217,24 @@ def test_shadow_recipe_of_a_dp_model_keeps_its_sampling_rate():
     assert "public pretraining stage skipped" in note and "2 epochs instead of the recipe's 8" in note
 
 
+def test_shadows_of_a_model_with_recall_floors_train_without_calibration(overfit, tmp_path):
+    """The shipped DP models fit class offsets and recall floors on validation data; shadows have none, so their
+    recipe drops the calibration (which does not change the weights, hence not the cache key) and trains."""
+    root, _ = overfit
+    config = {"private": f"fer2013:{root}@train", "model": "cnn", "model_kwargs": {"widths": [8, 16]}, "epochs": 1,
+              "batch_size": 8, "physical_batch_size": 8, "delta": 1e-3, "augment": False, "threads": 1}
+    floored = {**config, "class_bias": "mixed", "min_recall": {"disgust": 0.35, "fear": 0.35}, "negative_recall": 0.9}
+    card = {"sample_rate": 8 / 42, "private_data": {"n": 42}}
+    recipe, note = A.shadow_recipe({**card, "config": floored}, 20)
+    assert (recipe["class_bias"], recipe["min_recall"], recipe["negative_recall"]) == ("off", None, None)
+    assert "no validation data" in note
+    plain, _ = A.shadow_recipe({**card, "config": config}, 20)
+    fs = load_faces(f"fer2013:{root}@train").subset(np.arange(20))
+    assert A._cache_key(recipe, fs, 0) == A._cache_key(plain, fs, 0)
+    A._train_shadow(recipe, fs, tmp_path / "shadow", seed=0, progress=False)
+    assert (tmp_path / "shadow" / "model.safetensors").is_file()
+
+
 def test_report_lists_audits(overfit, tmp_path, capsys):
     from privfer.eval.report import make_report
 

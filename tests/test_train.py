@@ -201,6 +201,7 @@ def test_nonprivate_run_on_real_fer2013_reduces_loss(fer2013_root, tmp_path):
     (["--delta", "0.5"], "delta must be in"),
     (["--batch-size", "100000"], "larger than"),
     (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
+    (["--ema-decay", "1"], "ema_decay must be in [0, 1)"),
 ])
 def test_bad_privacy_settings_exit_2(tiny_fer, tmp_path, capsys, flags, msg):
     rc = main(["train", "--private", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "bad"), "--quiet", *flags])

@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--negative-weight", type=float,
                    help="add this weight times a negative-vs-rest logistic loss on the negative log-odds to each "
                         "example's loss (both stages; clipped with it under DP, so no privacy cost; default 0)")
+    p.add_argument("--ema-decay", type=float,
+                   help="decay of the exponential moving average of the weights, which is what is evaluated and "
+                        "saved (post-processing: no privacy cost; default 0.99)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-dedupe", action="store_true",
                    help="train on every record of the private data, duplicate images included (the guarantee then "
@@ -84,7 +87,7 @@ def run(args) -> int:
         "physical_batch_size": args.physical_batch_size, "max_grad_norm": args.max_grad_norm,
         "aug_mult": args.aug_mult, "clipping": args.clipping, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
         "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-        "negative_weight": args.negative_weight,
+        "negative_weight": args.negative_weight, "ema_decay": args.ema_decay,
         "augment": False if args.no_augment else None, "labels": args.labels,
         "feature_cache": False if args.no_feature_cache else None, "aug_views": args.aug_views,
         "dedupe": False if args.no_dedupe else None,

@@ -52,7 +52,8 @@ SAMPLE_SEED = 0
 PER_EXAMPLE_VARIANCE_MIN = 64
 #: Fields of a shadow's training config that do not change what it learns (left out of the cache key; the
 #: data fields stay in: :func:`shadow_recipe` fills them with fixed placeholders that name the stage trained).
-_NOT_RECIPE = ("out", "threads", "device", "seed")
+#: The calibration fields are fit on validation data after training, which shadows do not have.
+_NOT_RECIPE = ("out", "threads", "device", "seed", "class_bias", "min_recall", "negative_recall")
 
 
 # ---------------------------------------------------------------- members, non-members, and the card
@@ -251,8 +252,9 @@ def shadow_recipe(card: dict, n_train: int, epochs: int | None = None) -> tuple[
         cfg[key] = epochs
     notes.append("no validation data (last weights, uncalibrated)")
     placeholder = "shadow population (in memory)"
+    # no validation data, so no calibration: offsets, recall floors and the negative threshold are fit on it
     cfg.update(public=None if dp else placeholder, private=placeholder if dp else None, public_split=None,
-               val=None, limit=None, select="last")
+               val=None, limit=None, select="last", class_bias="off", min_recall=None, negative_recall=None)
     return cfg, f"{stage} stage of the model's recipe ({cfg['model']}); " + "; ".join(notes)
 
 

@@ -141,6 +141,8 @@ class TrainConfig:
             raise PrivferError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not self.negative_weight >= 0:
             raise PrivferError(f"negative_weight must be >= 0, got {self.negative_weight}")
+        if not 0 <= self.ema_decay < 1:
+            raise PrivferError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.max_grad_norm <= 0:
             raise PrivferError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         return self

@@ -50,6 +50,8 @@ class Objective:
 
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor, k: int = 1, reduction: str = "mean") -> torch.Tensor:
         """The mean loss over the views, or with ``reduction="none"`` each view's loss ([b*k])."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be mean or none, got {reduction!r}")
         if self.votes is not None:
             target = self.votes[rows].repeat_interleave(k, dim=0)
             loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)

@@ -25,13 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from privfer.errors import PrivferError
 from privfer.train.config import TrainConfig
 
 KEYS = ("with offsets", "without", "macro-F1", "negative AUROC", "disgust", "fear", "contempt")
 
 
 def existing_run(cfg: TrainConfig, root: Path) -> Path | None:
-    """A finished run under ``root`` (one level deep) trained with ``cfg``'s settings, whatever its ``out``."""
+    """A finished run under ``root`` (``root/NAME`` or ``root/DIR/NAME``) trained with ``cfg``'s settings, whatever
+    its ``out``."""
     want = {k: v for k, v in cfg.to_dict().items() if k != "out"}
     for d in sorted(root.glob("**/config.json")):
         if len(d.relative_to(root).parts) > 3 or not (d.parent / "model_card.json").is_file():
@@ -75,7 +77,10 @@ def main() -> None:
     for name in a.names:
         for seed in a.seeds:
             out = a.runs_root / "seeds" / f"{name}-s{seed}"
-            cfg = TrainConfig.from_file(Path("configs") / f"{name}.yaml", seed=seed, out=str(out))
+            try:
+                cfg = TrainConfig.from_file(Path("configs") / f"{name}.yaml", seed=seed, out=str(out))
+            except PrivferError as e:
+                sys.exit(str(e))
             plan.append((name, seed, cfg, existing_run(cfg, a.runs_root)))
     for name, seed, cfg, run in plan:
         print(f"{name} seed {seed}: {run or 'train -> ' + cfg.out}", flush=True)

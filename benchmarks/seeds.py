@@ -13,7 +13,7 @@ table's own runs count as their seed, and a run is never trained twice). ``--dry
 trained. The commands run through the ``privfer`` on the PATH, as a user would run them.
 
 Usage: python benchmarks/seeds.py NAME [NAME ...] [--seeds 0 1 2] [--runs-root runs] [--dry-run]
-       (e.g. fer2013-dp8 fer2013-dp1 ferplus-dp8; about 1-7 minutes per run with the features cached)
+       (e.g. fer2013-dp8 fer2013-dp1 ferplus-dp8; 1-2 minutes of training per run with the features cached)
 """
 from __future__ import annotations
 
@@ -31,30 +31,37 @@ from privfer.train.config import TrainConfig
 KEYS = ("with offsets", "without", "macro-F1", "negative AUROC", "disgust", "fear", "contempt")
 
 
-def existing_run(cfg: TrainConfig, root: Path) -> Path | None:
-    """A finished run under ``root`` (``root/NAME`` or ``root/DIR/NAME``) trained with ``cfg``'s settings, whatever
-    its ``out``."""
-    want = {k: v for k, v in cfg.to_dict().items() if k != "out"}
-    for d in sorted(root.glob("**/config.json")):
-        if len(d.relative_to(root).parts) > 3 or not (d.parent / "model_card.json").is_file():
-            continue
-        try:
-            got = json.loads(d.read_text())
-        except (OSError, ValueError):
-            continue
-        if {k: v for k, v in got.items() if k != "out"} == want:
-            return d.parent
-    return None
+def finished_runs(root: Path) -> dict[str, Path]:
+    """Every finished run (a model card beside its ``config.json``) under ``root`` (``root/NAME`` or
+    ``root/DIR/NAME``), keyed by its settings apart from ``out``."""
+    runs = {}
+    for d in sorted([*root.glob("*/config.json"), *root.glob("*/*/config.json")]):
+        if (d.parent / "model_card.json").is_file():
+            try:
+                runs.setdefault(settings(json.loads(d.read_text())), d.parent)
+            except (OSError, ValueError):
+                continue
+    return runs
+
+
+def settings(config: dict) -> str:
+    """A run's settings apart from where it was written, as a comparable key."""
+    return json.dumps({k: v for k, v in config.items() if k != "out"}, sort_keys=True)
+
+
+def privfer(*args: str, stdout=subprocess.PIPE) -> str:
+    """Run a privfer command as a user would; its output, or exit with its last line of error."""
+    done = subprocess.run(["privfer", *args], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        sys.exit(f"privfer {' '.join(args)}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
+    return done.stdout
 
 
 def row(run: Path) -> dict:
     """The table's metrics for one run, from ``privfer evaluate`` on its card's validation split."""
     card = json.loads((run / "model_card.json").read_text())
     spec = card["val_data"]["spec"]
-    out = subprocess.run(["privfer", "evaluate", str(run), "--data", spec, "--json"], capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"privfer evaluate {run}: {out.stderr.strip().splitlines()[-1]}")
-    e = json.loads(out.stdout)
+    e = json.loads(privfer("evaluate", str(run), "--data", spec, "--json"))
     recall = {c: e["per_class"][c]["recall"] if c in e["per_class"] else float("nan") for c in KEYS[4:]}
     return {"with offsets": e["accuracy"], "without": e["accuracy_without_class_bias"], "macro-F1": e["macro_f1"],
             "negative AUROC": e["negative"]["auroc"], **recall}
@@ -73,7 +80,7 @@ def main() -> None:
     ap.add_argument("--runs-root", type=Path, default=Path("runs"), help="where finished runs are looked for")
     ap.add_argument("--dry-run", action="store_true", help="list the runs that would be trained, train nothing")
     a = ap.parse_args()
-    plan = []
+    plan, done = [], finished_runs(a.runs_root)
     for name in a.names:
         for seed in a.seeds:
             out = a.runs_root / "seeds" / f"{name}-s{seed}"
@@ -81,7 +88,7 @@ def main() -> None:
                 cfg = TrainConfig.from_file(Path("configs") / f"{name}.yaml", seed=seed, out=str(out))
             except PrivferError as e:
                 sys.exit(str(e))
-            plan.append((name, seed, cfg, existing_run(cfg, a.runs_root)))
+            plan.append((name, seed, cfg, done.get(settings(cfg.to_dict()))))
     for name, seed, cfg, run in plan:
         print(f"{name} seed {seed}: {run or 'train -> ' + cfg.out}", flush=True)
     if a.dry_run:
@@ -89,12 +96,12 @@ def main() -> None:
     results: dict[str, list] = {}
     for name, seed, cfg, run in plan:
         if run is None:
-            cmd = ["privfer", "train", "--config", f"configs/{name}.yaml", "--seed", str(seed), "--out", cfg.out]
-            print("$", " ".join(cmd), flush=True)
-            done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if done.returncode:
-                sys.exit(f"{' '.join(cmd)}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
+            args = ("train", "--config", f"configs/{name}.yaml", "--seed", str(seed), "--out", cfg.out)
+            print("$ privfer", " ".join(args), flush=True)
+            privfer(*args, stdout=subprocess.DEVNULL)
             run = Path(cfg.out)
+            card = json.loads((run / "model_card.json").read_text())
+            print(f"  trained in {card['training_time_s']:.0f} s (the card's training_time_s)", flush=True)
         results.setdefault(name, []).append((seed, run, row(run)))
     print("\n| config | seed | run | " + " | ".join(KEYS) + " |")
     print("|---" * (len(KEYS) + 3) + "|")

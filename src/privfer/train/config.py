@@ -106,6 +106,9 @@ class TrainConfig:
                 raise PrivferError("--public-split makes the public set out of --private data; use it with --private alone")
             if not 0 < self.public_split < 1:
                 raise PrivferError(f"--public-split must be in (0, 1), got {self.public_split}")
+        if self.model_kwargs.get("project") and not (self.public or self.public_split):
+            raise PrivferError("model_kwargs project: the feature subspace is learnt from public data; give --public "
+                               "or --public-split (from private data it would need privacy)")
         if self.aug_mult < 1:
             raise PrivferError(f"--aug-mult must be >= 1, got {self.aug_mult}")
         if self.clipping not in ("flat", "ghost"):

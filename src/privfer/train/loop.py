@@ -32,6 +32,7 @@ from . import distributed
 from .augment import Augment
 from .card import environment, model_card
 from .center import center_of, describe_center, init_center
+from .subspace import describe_subspace, fold_projection, init_subspace, projection_of
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
 from .data import check_disjoint, split_by_hash, to_input, without_private
@@ -258,6 +259,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
             f"q={privacy.sample_rate:.5f}, {privacy.planned_steps} steps, C={privacy.max_grad_norm}, K={cfg.aug_mult}")
     if center_of(net) is not None and ckpt is None:  # a resumed run has its centre in the checkpoint
         init_center(cfg, data, net, ema.net, fe, privacy, _shard(data.private) if private_center else None, log)
+    if projection_of(net) is not None and ckpt is None:  # after the centre: the basis is of the centred features
+        init_subspace(cfg, data, net, ema.net, fe, log)
 
     for si in range(st["stage_index"], len(cfg.stages)):
         stage = cfg.stages[si]
@@ -503,8 +506,10 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
         calib = {**fit_calibration(val_logits(final, data), data.val.labels, data.classes, cfg.class_bias,
                                    cfg.negative_recall, cfg.min_recall), "calibrated_on": data.val.spec}
     fe = frontend_of(final)
+    final = fold_projection(final)  # the saved model has the public subspace folded into its first layer
     card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size(),
-                      feature_center=describe_center(cfg, data, fe) if fe is not None else None)
+                      feature_center=describe_center(cfg, data, fe) if fe is not None else None,
+                      feature_subspace=describe_subspace(cfg, data))
     save_weights(final.state_dict(), out / "model.safetensors")
     write_json_atomic(out / "model_card.json", card)
     eps = "" if privacy is None else f", epsilon spent {card['epsilon_spent']:.3f} (target {privacy.epsilon_target})"

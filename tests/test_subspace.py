@@ -1,0 +1,70 @@
+"""The public feature subspace (``model_kwargs: {project: K}``): its basis, folding it away, and training with it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from privfer.errors import PrivferError
+from privfer.models.facefeat import FaceFeatureLinear
+from privfer.models.io import load_model
+from privfer.train.config import TrainConfig
+from privfer.train.loop import train
+from privfer.train.subspace import fold_projection, projection_of, public_basis
+
+
+def test_basis_is_the_top_principal_directions():
+    g = torch.Generator().manual_seed(0)
+    planted = torch.linalg.qr(torch.randn(50, 3, generator=g))[0]  # the data varies in 3 of 50 directions
+    x = 5.0 + torch.randn(400, 3, generator=g) * torch.tensor([9.0, 6.0, 4.0]) @ planted.T
+    x = x + 0.01 * torch.randn(400, 50, generator=g)
+    basis = public_basis(x, 3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-5, rtol=0)  # orthonormal columns
+    torch.testing.assert_close(basis @ basis.T, planted @ planted.T, atol=1e-3, rtol=0)  # the planted span
+    torch.testing.assert_close(public_basis(x.flip(0), 3), basis, atol=1e-5, rtol=0)  # deterministic, signs fixed
+    with pytest.raises(PrivferError, match="at most 50 principal directions"):
+        public_basis(x, 51)
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_folding_keeps_the_function_and_gives_the_plain_network(hidden):
+    torch.manual_seed(0)
+    net = FaceFeatureLinear(7, center=True, hidden=hidden, project=8, dropout=0.5).eval()
+    projection_of(net).basis.copy_(torch.linalg.qr(torch.randn(2592, 8))[0])
+    for p in net.head.parameters():
+        torch.nn.init.normal_(p)
+    feats = torch.randn(5, 288, 3, 3)
+    before = net.head(feats)
+    fold_projection(net)
+    assert projection_of(net) is None
+    torch.testing.assert_close(net.head(feats), before, atol=1e-4, rtol=1e-4)
+    plain = FaceFeatureLinear(7, center=True, hidden=hidden, dropout=0.5)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+
+
+def test_projection_needs_public_data(tiny_fer):
+    with pytest.raises(PrivferError, match="subspace is learnt from public data"):
+        TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", model="face-linear", model_kwargs={"project": 8}))
+    with pytest.raises(PrivferError, match="project must be in"):
+        FaceFeatureLinear(7, project=2592)
+
+
+def test_training_learns_in_the_public_subspace(tiny_fer, tmp_path):
+    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", public_split=0.3, public_epochs=1,
+                                     model="face-linear", model_kwargs={"center": True, "hidden": 16, "project": 6},
+                                     epsilon=3.0, delta=1e-3, epochs=2, batch_size=40, physical_batch_size=64,
+                                     clipping="ghost", lr=4.0, max_grad_norm=0.1, seed=0, threads=1,
+                                     out=str(tmp_path / "run")))
+    logs = []
+    run = train(cfg, progress=False, log=logs.append)
+    assert any(m.startswith("feature subspace: top 6 principal directions") for m in logs)
+    card = json.loads((run / "model_card.json").read_text())
+    assert "project" not in card["model_kwargs"] and card["model_kwargs"]["hidden"] == 16
+    assert card["feature_subspace"]["dimensions"] == 6 and card["feature_subspace"]["source"].startswith("public")
+    first = load_file(str(run / "model.safetensors"))["head.2.weight"]  # [16, 2592], folded: rank <= 6
+    assert first.shape == (16, 2592) and torch.linalg.matrix_rank(first, rtol=1e-4) <= 6
+    assert torch.linalg.matrix_rank(first, rtol=1e-4) >= 3  # trained, not zero
+    lm = load_model(str(run))  # loads as the plain hidden-layer network
+    assert projection_of(lm.net) is None

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from privfer.cli import main
 from privfer.errors import PrivferError
 from privfer.models.facefeat import FaceFeatureLinear
 from privfer.models.io import load_model
@@ -51,20 +52,33 @@ def test_projection_needs_public_data(tiny_fer):
         FaceFeatureLinear(7, project=2592)
 
 
-def test_training_learns_in_the_public_subspace(tiny_fer, tmp_path):
-    cfg = TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", public_split=0.3, public_epochs=1,
-                                     model="face-linear", model_kwargs={"center": True, "hidden": 16, "project": 6},
-                                     epsilon=3.0, delta=1e-3, epochs=2, batch_size=40, physical_batch_size=64,
-                                     clipping="ghost", lr=4.0, max_grad_norm=0.1, seed=0, threads=1,
-                                     out=str(tmp_path / "run")))
-    logs = []
-    run = train(cfg, progress=False, log=logs.append)
-    assert any(m.startswith("feature subspace: top 6 principal directions") for m in logs)
+def _cfg(tiny_fer, out):
+    return TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", public_split=0.3, public_epochs=2,
+                                      model="face-linear", model_kwargs={"center": True, "hidden": 16, "project": 6},
+                                      epsilon=3.0, delta=1e-3, epochs=2, batch_size=40, physical_batch_size=64,
+                                      clipping="ghost", lr=4.0, max_grad_norm=0.1, seed=0, threads=1, out=str(out)))
+
+
+def _check_run(run):
     card = json.loads((run / "model_card.json").read_text())
     assert "project" not in card["model_kwargs"] and card["model_kwargs"]["hidden"] == 16
     assert card["feature_subspace"]["dimensions"] == 6 and card["feature_subspace"]["source"].startswith("public")
     first = load_file(str(run / "model.safetensors"))["head.2.weight"]  # [16, 2592], folded: rank <= 6
-    assert first.shape == (16, 2592) and torch.linalg.matrix_rank(first, rtol=1e-4) <= 6
-    assert torch.linalg.matrix_rank(first, rtol=1e-4) >= 3  # trained, not zero
+    assert first.shape == (16, 2592) and 3 <= torch.linalg.matrix_rank(first, rtol=1e-4) <= 6  # trained, in it
     lm = load_model(str(run))  # loads as the plain hidden-layer network
     assert projection_of(lm.net) is None
+
+
+def test_training_learns_in_the_public_subspace_and_resumes(tiny_fer, tmp_path):
+    logs = []
+    _check_run(train(_cfg(tiny_fer, tmp_path / "run"), progress=False, log=logs.append))
+    assert any(m.startswith("feature subspace: top 6 principal directions") for m in logs)
+
+    def stop_after_first_epoch(msg):
+        if "epoch 1:" in msg:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_fer, tmp_path / "cut"), progress=False, log=stop_after_first_epoch)
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0  # the basis comes from the checkpoint
+    _check_run(tmp_path / "cut")

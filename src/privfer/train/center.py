@@ -48,7 +48,7 @@ def feature_bound(frontend: nn.Module) -> float:
     return float(_probe(frontend).norm())
 
 
-def _vectors(frontend: nn.Module, fs, mirror: bool) -> torch.Tensor:
+def feature_vectors(frontend: nn.Module, fs, mirror: bool) -> torch.Tensor:
     """[N, D] float32 feature vectors of a face set (averaged with the mirror images' when ``mirror``)."""
     fe = MirrorAverage(frontend) if mirror else frontend  # from the cached features of both (features.cached)
     return torch.from_numpy(np.array(cached(fe, fs.pixels, fs.hashes))).flatten(1).float()
@@ -57,7 +57,7 @@ def _vectors(frontend: nn.Module, fs, mirror: bool) -> torch.Tensor:
 def set_public_center(net: nn.Module, frontend: nn.Module, fs, mirror: bool) -> None:
     """Set the model's centre to the exact mean of the public faces' features."""
     c = center_of(net)
-    c.mean.copy_(_vectors(frontend, fs, mirror).mean(0).reshape(c.mean.shape))
+    c.mean.copy_(feature_vectors(frontend, fs, mirror).mean(0).reshape(c.mean.shape))
 
 
 def set_private_center(net: nn.Module, frontend: nn.Module, fs, n_total: int, mirror: bool,
@@ -67,7 +67,7 @@ def set_private_center(net: nn.Module, frontend: nn.Module, fs, n_total: int, mi
     ``n_total``: the number of private images over all processes."""
     c = center_of(net)
     bound = feature_bound(frontend)
-    v = _vectors(frontend, fs, mirror)
+    v = feature_vectors(frontend, fs, mirror)
     v = v * (bound / v.norm(dim=1, keepdim=True).clamp(min=bound))  # clip to the bound
     total = v.sum(0).to(c.mean.device)
     if distributed.rank() == 0:  # one noise draw for the whole sum

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import PrivferError
 from ..models.layers import FeatureProjection
-from .center import _vectors, center_of
+from .center import center_of, feature_vectors
 from .features import mirror_views
 
 
@@ -49,7 +49,7 @@ def init_subspace(cfg, data, net: nn.Module, ema_net: nn.Module, frontend: nn.Mo
         raise PrivferError("model_kwargs project: the subspace is learnt from public data; give --public or "
                            "--public-split (from private data it would need privacy)")
     p = projection_of(net)
-    v = _vectors(frontend, data.public, mirror_views(frontend, cfg.augment))
+    v = feature_vectors(frontend, data.public, mirror_views(frontend, cfg.augment))
     center = center_of(net)
     x = v - center.mean.flatten().to(v) if center is not None else v
     basis = public_basis(x, p.basis.shape[1])

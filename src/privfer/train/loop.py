@@ -259,7 +259,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
             f"q={privacy.sample_rate:.5f}, {privacy.planned_steps} steps, C={privacy.max_grad_norm}, K={cfg.aug_mult}")
     if center_of(net) is not None and ckpt is None:  # a resumed run has its centre in the checkpoint
         init_center(cfg, data, net, ema.net, fe, privacy, _shard(data.private) if private_center else None, log)
-    if projection_of(net) is not None and ckpt is None:  # after the centre: the basis is of the centred features
+    if projection_of(net) is not None and ckpt is None:  # a resumed run has its basis in the checkpoint
         init_subspace(cfg, data, net, ema.net, fe, log)
 
     for si in range(st["stage_index"], len(cfg.stages)):

@@ -29,33 +29,30 @@ def projection_of(net: nn.Module) -> FeatureProjection | None:
     return next((m for m in head if isinstance(m, FeatureProjection)), None)
 
 
-def public_basis(x: torch.Tensor, k: int) -> torch.Tensor:
+def public_basis(x: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
     """[D, k]: the top k principal directions (orthonormal columns) of the rows of ``x`` [N, D], centred on their
     mean; exact and deterministic (an SVD in float64), up to each column's sign, which is fixed positive on its
-    largest entry."""
+    largest entry. Also the fraction of the centred rows' variance they keep."""
     if k > min(x.shape):
         raise PrivferError(f"project {k}: the public data gives at most {min(x.shape)} principal directions "
                            f"({x.shape[0]} faces, {x.shape[1]} features); lower it")
     x = x.double()
-    _, _, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    _, s, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
     basis = vh[:k].T
     sign = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
-    return (basis * sign).float()
+    return (basis * sign).float(), float(s[:k].square().sum() / s.square().sum())
 
 
 def init_subspace(cfg, data, net: nn.Module, ema_net: nn.Module, frontend: nn.Module, log) -> None:
-    """Set the basis of ``net`` and of its weight average from the public data's features, before the first stage."""
-    if data.public is None:
-        raise PrivferError("model_kwargs project: the subspace is learnt from public data; give --public or "
-                           "--public-split (from private data it would need privacy)")
+    """Set the basis of ``net`` and of its weight average from the public data's features as the head sees them
+    (minus the model's centre, if it has one), before the first stage (the config refuses ``project`` without
+    public data)."""
     p = projection_of(net)
     v = feature_vectors(frontend, data.public, mirror_views(frontend, cfg.augment))
     center = center_of(net)
-    x = v - center.mean.flatten().to(v) if center is not None else v
-    basis = public_basis(x, p.basis.shape[1])
+    basis, kept = public_basis(v - center.mean.flatten().to(v) if center is not None else v, p.basis.shape[1])
     p.basis.copy_(basis)
     projection_of(ema_net).basis.copy_(basis)
-    kept = float((x - x.mean(0)).double().matmul(basis.double()).pow(2).sum() / (x - x.mean(0)).double().pow(2).sum())
     log(f"feature subspace: top {basis.shape[1]} principal directions of {len(data.public)} public faces' "
         f"{basis.shape[0]} features ({kept:.1%} of their variance)")
 

@@ -4,8 +4,9 @@ Fits a multinomial logistic regression (L2 weight decay, L-BFGS, no privacy, no 
 features of the deduplicated FER2013 train split, exactly as the linear model's head sees them, and prints
 its train and validation accuracy for each front-end named: a scattering variant (``full``, ``fast``: the
 ``scatter-linear`` head's per-image GroupNorm and, with ``--pool K``, its K x K averaging), ``face`` (the
-``face-linear`` model's CenterFace features) or ``facemesh`` (the ``facemesh-linear`` model's CenterFace and
-Face Mesh features). With ``--mirror-average`` the two face front-ends give the features the shipped DP models
+``face-linear`` model's CenterFace features), ``facemesh`` (the ``facemesh-linear`` model's CenterFace and
+Face Mesh features), ``onet`` (MTCNN ONet's features alone), ``face-onet`` or ``facemesh-onet`` (the
+``face-onet-linear`` and ``facemesh-onet-linear`` models' features). With ``--mirror-average`` the two face front-ends give the features the shipped DP models
 see: averaged over the face and its mirror image (``mirror_average``) and centred on the training mean
 (``center``). The train features come from (and go to) privfer's feature cache.
 
@@ -24,9 +25,19 @@ from torch import nn
 from privfer.data.cache import load_faces
 from privfer.models.facefeat import FaceFeatureLinear
 from privfer.models.facemesh import FaceMeshLinear
+from privfer.models.onet import FaceMeshONetLinear, FaceONetLinear, ONetFeatures
 from privfer.models.scatter import ScatterLinear
 from privfer.train.features import cached, compute
 
+
+class ONetLinear(FaceFeatureLinear):
+    """A linear head on ONet's features alone (only for this probe)."""
+
+    frontend_class = ONetFeatures
+
+
+FACE_MODELS = {"face": FaceFeatureLinear, "facemesh": FaceMeshLinear, "onet": ONetLinear, "face-onet": FaceONetLinear,
+               "facemesh-onet": FaceMeshONetLinear}
 TRAIN, VAL = "fer2013:../shared/data/fer2013@train", "fer2013:../shared/data/fer2013@val"
 WEIGHT_DECAY, ITERATIONS = 1e-3, 60
 
@@ -56,7 +67,7 @@ def main(variants: list[str], pool: int = 1, mirror_average: bool = False) -> No
     for variant in variants:
         t = time.perf_counter()
         k = len(train.classes)
-        face = {"face": FaceFeatureLinear, "facemesh": FaceMeshLinear}.get(variant)
+        face = FACE_MODELS.get(variant)
         net = (face(k, mirror_average=mirror_average) if face else ScatterLinear(k, scattering=variant, pool=pool)).eval()
         # the model's front-end, and its head up to the linear layer (GroupNorm, pooling, flatten)
         fe, prep = net.frontend, net.head[:-1]
@@ -76,8 +87,8 @@ def main(variants: list[str], pool: int = 1, mirror_average: bool = False) -> No
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="*", default=["full", "fast", "face", "facemesh"],
-                    help="front-ends: scattering variants (full, fast), face (CenterFace features) or "
-                         "facemesh (CenterFace and Face Mesh features)")
+                    help="front-ends: scattering variants (full, fast), face (CenterFace features), "
+                         "facemesh (CenterFace and Face Mesh features), onet (ONet's), face-onet or facemesh-onet")
     ap.add_argument("--pool", type=int, default=1, help="average the maps over K x K cells, as scatter-linear's pool")
     ap.add_argument("--mirror-average", action="store_true",
                     help="face and facemesh: mirror-averaged features centred on their mean, as the shipped DP models")

@@ -56,27 +56,33 @@ def content_digest(f) -> str:
     return h.hexdigest()
 
 
+def checked_weights(path: Path, sha256: str | None, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and float32 tensors of a front-end's shipped safetensors file, whose content must have the
+    SHA-256 ``sha256`` (:func:`content_digest`; None skips the check): a model always gets the features it was
+    trained on. ``what`` names the network in the one-line errors."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise PrivferError(f"{path}: {what} weights not found (reinstall privfer)")
+    with safe_open(str(path), framework="pt") as f:
+        digest = content_digest(f)
+        if sha256 is not None and digest != sha256:
+            raise PrivferError(f"{path}: not the {what} weights privfer's features were built on "
+                               f"(SHA-256 {digest[:12]}..., expected {sha256[:12]}...)")
+        return f.metadata() or {}, {k: f.get_tensor(k).float() for k in f.keys()}
+
+
 class FaceMeshNet(nn.Module):
     """Face Mesh's layers up to :data:`TAPS`: float [N, 3, 192, 192] RGB in [0, 1] -> the tap maps."""
 
     def __init__(self, path: Path = WEIGHTS, sha256: str | None = WEIGHTS_SHA256):
         super().__init__()
-        from safetensors import safe_open
-
-        if not path.is_file():
-            raise PrivferError(f"{path}: Face Mesh weights not found (reinstall privfer)")
-        with safe_open(str(path), framework="pt") as f:
-            digest = content_digest(f)
-            if sha256 is not None and digest != sha256:
-                raise PrivferError(f"{path}: not the Face Mesh weights privfer's features were built on "
-                                   f"(SHA-256 {digest[:12]}..., expected {sha256[:12]}...)")
-            meta = f.metadata()
-            self._names = {}
-            for i, k in enumerate(f.keys()):
-                self._names[k] = f"w{i}"
-                w = f.get_tensor(k).float()  # channels-last: twice as fast for the depthwise layers on a CPU
-                self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w,
-                                     persistent=False)
+        meta, weights = checked_weights(path, sha256, "Face Mesh")
+        self._names = {}
+        for i, (k, w) in enumerate(weights.items()):
+            self._names[k] = f"w{i}"  # channels-last: twice as fast for the depthwise layers on a CPU
+            self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w,
+                                 persistent=False)
         self.layers = json.loads(meta["layers"])
         self._release = release_plan([layer["in"] for layer in self.layers], keep=set(TAPS))
         if json.loads(meta["taps"]) != list(TAPS):

@@ -1,6 +1,7 @@
 """Models by name: ``cnn``, ``resnet``, ``fusion`` (default), ``scatter`` / ``scatter-linear`` (fixed scattering
 features + head), ``face-linear`` (fixed CenterFace backbone features + linear head), ``facemesh-linear``
-(CenterFace and MediaPipe Face Mesh features + linear head)."""
+(CenterFace and MediaPipe Face Mesh features + linear head), ``face-onet-linear`` and ``facemesh-onet-linear``
+(the same with MTCNN ONet's features appended)."""
 from __future__ import annotations
 
 from torch import nn
@@ -9,12 +10,14 @@ from ..errors import PrivferError
 from .cnn import CNN
 from .facefeat import FaceFeatureLinear
 from .facemesh import FaceMeshLinear
+from .onet import FaceMeshONetLinear, FaceONetLinear
 from .fusion import Fusion
 from .resnet import ResNet
 from .scatter import DEFAULT_VARIANT, ScatterLinear, ScatterNet
 
 MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion, "scatter": ScatterNet, "scatter-linear": ScatterLinear,
-                                   "face-linear": FaceFeatureLinear, "facemesh-linear": FaceMeshLinear}
+                                   "face-linear": FaceFeatureLinear, "facemesh-linear": FaceMeshLinear,
+                                   "face-onet-linear": FaceONetLinear, "facemesh-onet-linear": FaceMeshONetLinear}
 DEFAULT_MODEL = "fusion"
 
 #: Options whose default changed after models were shipped, as ``{model: {option: (old, current)}}``: a model

@@ -98,12 +98,16 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
 
     Sets of fewer than ``min_cached`` faces are not written (see ``MIN_CACHED``). A flip-invariant front-end
     that averages an inner one's features of the face and its mirror image (``MirrorAverage``) is computed from
-    the inner front-end's cached features of both."""
+    the inner front-end's cached features of both, and front-ends side by side (``StackedFeatures``) from each
+    one's cached features."""
     inner = getattr(frontend, "inner", None)
     if getattr(frontend, "flip_invariant", False) and inner is not None:
         a = cached(inner, pixels, hashes, False, min_cached, view)
         b = cached(inner, pixels, hashes, True, min_cached, view)
         return ((a.astype(np.float32) + b.astype(np.float32)) / 2).astype(np.float16)
+    parts = getattr(frontend, "parts", None)
+    if parts is not None:  # front-ends side by side (StackedFeatures): each part cached on its own
+        return np.concatenate([cached(p, pixels, hashes, mirror, min_cached, view) for p in parts], axis=1)
     tag = _key(frontend, mirror, pixels.shape[1:], view)
     if len(pixels) < min_cached:
         keys = [f"{tag}:{h}" for h in hashes]

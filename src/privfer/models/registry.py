@@ -10,8 +10,8 @@ from ..errors import PrivferError
 from .cnn import CNN
 from .facefeat import FaceFeatureLinear
 from .facemesh import FaceMeshLinear
-from .onet import FaceMeshONetLinear, FaceONetLinear
 from .fusion import Fusion
+from .onet import FaceMeshONetLinear, FaceONetLinear
 from .resnet import ResNet
 from .scatter import DEFAULT_VARIANT, ScatterLinear, ScatterNet
 

@@ -20,6 +20,7 @@ mirror image) and trains only the head (``privfer.train.features``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -114,6 +115,21 @@ def pooling_matrix(n: int, cells: int) -> np.ndarray:
     return a
 
 
+@functools.lru_cache(maxsize=None)
+def _pooling_tensor(n: int, cells: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(pooling_matrix(n, cells), dtype=dtype, device=device)
+
+
+def grid_pool(u: torch.Tensor, cells: int = GRID) -> torch.Tensor:
+    """Maps [..., n, n] averaged over a cells x cells grid, as ``adaptive_avg_pool2d`` does, but as two matrix
+    products (exports to ONNX for any n). Maps already cells x cells are returned as they are."""
+    n = u.shape[-1]
+    if n == cells:
+        return u
+    a = _pooling_tensor(n, cells, u.dtype, u.device)
+    return torch.matmul(a, torch.matmul(u, a.T))
+
+
 class CenterFaceFeatures(nn.Module):
     """Fixed front-end: float [N, 1, S, S] faces in [0, 1] -> [N, 288, 3, 3] CenterFace features. No parameters."""
 
@@ -131,18 +147,9 @@ class CenterFaceFeatures(nn.Module):
             self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w,
                                  persistent=False)
         self._convs = {n.output[0]: _conv_kwargs(n) for n in self._model.graph.node if n.op_type == "Conv"}
-        self._pools: dict = {}
         self._release = release_plan([list(n.input) for n in self._model.graph.node], keep=set(TAPS) | set(self._names))
 
     cache_tag = f"centerface-{SIDE}-{GRID}-{'.'.join(TAPS)}"
-
-    def _pool(self, u: torch.Tensor) -> torch.Tensor:
-        n = u.shape[-1]
-        key = (n, u.dtype, u.device)
-        if key not in self._pools:  # a matrix product, not adaptive pooling: exports to ONNX for any n
-            self._pools[key] = torch.as_tensor(pooling_matrix(n, GRID), dtype=u.dtype, device=u.device)
-        a = self._pools[key]
-        return torch.matmul(a, torch.matmul(u, a.T))
 
     def _backbone(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The tap maps, computed by interpreting the graph's Conv/Relu/Add nodes with torch (exports to ONNX)."""
@@ -179,7 +186,7 @@ class CenterFaceFeatures(nn.Module):
                 and x.dtype == torch.float32)
         taps = self._backbone_ort(x.contiguous()) if fast else self._backbone(x)
         scale = 1.0 / len(TAPS) ** 0.5  # the concatenation has about unit norm per feature on average
-        return torch.cat([F.group_norm(self._pool(t), 1) * scale for t in taps], dim=1)
+        return torch.cat([F.group_norm(grid_pool(t), 1) * scale for t in taps], dim=1)
 
 
 class FaceFeatureLinear(nn.Module):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .facefeat import GRID, CenterFaceFeatures, FaceFeatureLinear, pooling_matrix
+from .facefeat import GRID, CenterFaceFeatures, FaceFeatureLinear, grid_pool
 from .facemesh import FaceFeatures, FaceMeshLinear, checked_weights
 from .layers import in_chunks
 
@@ -70,20 +70,12 @@ class ONetFeatures(nn.Module):
     def forward(self, x):
         return in_chunks(self._features, x)  # bounded memory for large batches
 
-    def _pool(self, u: torch.Tensor) -> torch.Tensor:
-        """Average over a GRID x GRID grid, as a matrix product (exports to ONNX for any size)."""
-        n = u.shape[-1]
-        if n == GRID:
-            return u
-        a = torch.as_tensor(pooling_matrix(n, GRID), dtype=u.dtype, device=u.device)
-        return torch.matmul(a, torch.matmul(u, a.T))
-
     def _features(self, x):
         if x.shape[-1] != SIDE or x.shape[-2] != SIDE:
             x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
         x = ((x * 255.0 - 127.5) / 128.0).expand(-1, 3, -1, -1)  # grey as R = G = B, MTCNN's normalisation
         # each tap normalised per image; / 2: about the per-feature scale of the CenterFace and Face Mesh features
-        return torch.cat([F.group_norm(self._pool(t), 1) / 2 for t in self.net.maps(x)], dim=1)
+        return torch.cat([F.group_norm(grid_pool(t), 1) / 2 for t in self.net.maps(x)], dim=1)
 
 
 class StackedFeatures(nn.Module):

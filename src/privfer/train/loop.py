@@ -32,7 +32,6 @@ from . import distributed
 from .augment import Augment
 from .card import environment, model_card
 from .center import center_of, describe_center, init_center
-from .subspace import describe_subspace, fold_projection, init_subspace, projection_of
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
 from .data import check_disjoint, split_by_hash, to_input, without_private
@@ -41,6 +40,7 @@ from .features import FeatureViews, cached, frontend_of, head_logits, mirror_vie
 from .objective import Objective, check_negative_mask
 from ..eval.calibrate import check_min_recall
 from .privacy import PrivacyState, steps_per_epoch
+from .subspace import describe_subspace, fold_projection, init_subspace, projection_of
 from ..taxonomy import negative_mask
 
 

@@ -3,7 +3,8 @@
 Training fits per-class logit offsets on the validation split (see ``privfer.eval.calibrate.fit_class_bias``),
 so validation numbers measured after them are optimistic. This script estimates them honestly by
 two-fold cross-fitting on the validation split: offsets fit on one half (with the same objective as the
-model card's, ``mixed`` if it has none, or ``--objective``) are measured on the other half, and vice versa. It prints accuracy,
+model card's, ``mixed`` if it has none, or ``--objective``; ``off`` starts from no offsets, so that only the
+recall floors move any) are measured on the other half, and vice versa. It prints accuracy,
 balanced accuracy and per-class recall without offsets, with the card's offsets (fit on all of it), and
 cross-fitted. It then does the same for the probabilities: the temperature is refit on each half and the
 top-label ECE, the negative score's ECE and the Brier score are measured on the other half, beside the raw
@@ -13,7 +14,7 @@ reports on the calibration split).
 With recall floors (the card's ``class_bias_min_recall``, or ``--min-recall CLASS=R[,...]``; ``none`` for none), the
 cross-fitted offsets meet them on the half they are fit on, and the other half shows how far they hold out of sample.
 
-Usage: python benchmarks/class_bias_crossfit.py MODEL SPEC [--objective mixed|balanced] [--min-recall disgust=0.35,fear=0.35]
+Usage: python benchmarks/class_bias_crossfit.py MODEL SPEC [--objective off|mixed|balanced] [--min-recall disgust=0.35,fear=0.35]
        (e.g. runs/fer2013-dp8 fer2013:../shared/data/fer2013@val)
 """
 from __future__ import annotations
@@ -40,8 +41,9 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("spec")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random halving")
-    ap.add_argument("--objective", choices=sorted(BIAS_OBJECTIVES),
-                    help="objective of the cross-fitted offsets (default: the card's, else mixed)")
+    ap.add_argument("--objective", choices=["off", *sorted(BIAS_OBJECTIVES)],
+                    help="objective of the cross-fitted offsets (default: the card's, else mixed; off: none, only the "
+                         "recall floors raise offsets from 0)")
     ap.add_argument("--min-recall", metavar="CLASS=R[,CLASS=R]",
                     help="recall floors of the cross-fitted offsets (default: the card's; none for none)")
     a = ap.parse_args()
@@ -58,7 +60,7 @@ def main() -> None:
     crossfit = np.empty(len(y), np.int64)
     for fit_on, measure_on in ((0, 1), (1, 0)):
         f, m = halves[fit_on], halves[measure_on]
-        b = fit_class_bias(z[f], y[f], objective)
+        b = np.zeros(k) if objective == "off" else fit_class_bias(z[f], y[f], objective)
         if floors:
             b = raise_to_recall(z[f], y[f], b, floors)
         crossfit[m] = (z[m] + b).argmax(1)

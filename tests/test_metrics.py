@@ -233,8 +233,14 @@ def test_min_recall_is_parsed_checked_and_recorded_by_fit_calibration():
     decided = (z / c["temperature"] + np.array(c["class_bias"])).argmax(1)
     assert (decided[y == 3] == 3).mean() >= 0.6
     assert fit_calibration(z, y, classes, "mixed")["class_bias_min_recall"] is None
-    with pytest.raises(PrivferError, match="set class_bias"):
-        fit_calibration(z, y, classes, "off", min_recall={"disgust": 0.6})
+    off = fit_calibration(z, y, classes, "off", min_recall={"disgust": 0.6})  # the floors alone, from no offsets
+    assert off["class_bias_objective"] == "off" and off["class_bias_min_recall"] == {"disgust": 0.6}
+    moved = np.array(off["class_bias"])
+    assert (moved[:3] == moved[0]).all() and moved[3] > moved[0]  # only disgust's offset was raised
+    decided = (z / off["temperature"] + moved).argmax(1)
+    assert (decided[y == 3] == 3).mean() >= 0.6 > (z[y == 3].argmax(1) == 3).mean()  # met, and not met before
+    changed = decided != z.argmax(1)
+    assert changed.any() and (decided[changed] == 3).all()  # every decision it moved went to disgust
     with pytest.raises(PrivferError, match="not a class of the model"):
         fit_calibration(z, y, classes, "mixed", min_recall={"fear": 0.6})
     with pytest.raises(PrivferError, match="no example of disgust"):

@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
                         "balanced the mean per-class recall (default off)")
     p.add_argument("--min-recall", metavar="CLASS=R[,CLASS=R]",
                    help="then raise these classes' offsets until each one's validation recall is at least R "
-                        "(e.g. disgust=0.35,fear=0.35; needs --class-bias mixed or balanced)")
+                        "(e.g. disgust=0.35,fear=0.35; with --class-bias off they alone move offsets)")
     p.add_argument("--limit", type=int, help="use only the first N training samples")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)

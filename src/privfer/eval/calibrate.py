@@ -165,13 +165,12 @@ def parse_min_recall(value) -> dict[str, float]:
 
 def check_min_recall(min_recall, class_bias: str, classes, labels=None) -> dict[str, float]:
     """The floors of ``min_recall`` (:func:`parse_min_recall`), checked against the other settings: they need
-    ``class_bias`` on, classes of the model, and (when ``labels`` are given) at least one example of each
-    floored class in the data they are fit on. Raises :class:`PrivferError` naming the problem."""
+    classes of the model, and (when ``labels`` are given) at least one example of each floored class in the data
+    they are fit on. Raises :class:`PrivferError` naming the problem. ``class_bias`` may be anything: with ``off``
+    the floors alone raise offsets from 0."""
     floors = parse_min_recall(min_recall)
     if not floors:
         return floors
-    if class_bias == "off":
-        raise PrivferError("min_recall raises class offsets: set class_bias to mixed or balanced")
     missing = [c for c in floors if c not in classes]
     if missing:
         raise PrivferError(f"min_recall names {', '.join(missing)}, not a class of the model ({', '.join(classes)})")
@@ -225,8 +224,8 @@ def fit_calibration(logits, labels, classes, class_bias: str = "off", negative_r
     ``negative_recall``) and ``calibration_version``.
 
     ``min_recall`` (``{class name: floor}``, see :func:`parse_min_recall`) then raises the offsets of those
-    classes until each decided label meets its recall floor on this data (:func:`raise_to_recall`); it needs
-    ``class_bias`` on. The floors are met in sample; ``benchmarks/class_bias_crossfit.py`` measures them out of
+    classes until each decided label meets its recall floor on this data (:func:`raise_to_recall`), starting from
+    no offsets when ``class_bias`` is off (``class_bias_objective`` is then ``off``: the floors alone). The floors are met in sample; ``benchmarks/class_bias_crossfit.py`` measures them out of
     sample."""
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.int64).ravel()
@@ -236,7 +235,8 @@ def fit_calibration(logits, labels, classes, class_bias: str = "off", negative_r
     t = fit_temperature(z, y)
     bias = None if class_bias == "off" else fit_class_bias(z / t, y, class_bias)
     if floors:
-        bias = raise_to_recall(z / t, y, bias, {list(classes).index(c): f for c, f in floors.items()})
+        bias = raise_to_recall(z / t, y, np.zeros(z.shape[1]) if bias is None else bias,
+                               {list(classes).index(c): f for c, f in floors.items()})
     neg_mask = np.array(negative_mask(classes))
     neg_score = softmax(z, t)[:, neg_mask].sum(axis=1)
     return {"temperature": float(t), "class_bias": None if bias is None else [float(v) for v in bias],

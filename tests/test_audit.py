@@ -171,6 +171,9 @@ def test_lira_end_to_end_reuses_its_shadow_cache(overfit, tmp_path, capsys, monk
     assert (s["n"], s["trained"], s["reused"], s["population"], s["epochs"]) == (2, 2, 0, 32, 1)
     assert "1 epochs instead of the recipe's 40" in s["recipe"]
     assert 0.0 <= r["auc"] <= 1.0 and set(r["tpr_at_fpr"]) == {"0.01", "0.001"}
+    assert 0.0 <= s["accuracy_outside"] <= 1.0 and 0.0 <= s["model_non_member_accuracy"] <= 1.0
+    assert (s["fit_warning"] is None) == (s["accuracy_outside"] >= s["model_non_member_accuracy"] - A.SHADOW_FIT_GAP)
+    assert "shadow fit" in A.format_summary(r)
     models = sorted((tmp_path / "shadows").rglob("model.safetensors"))
     assert len(models) == 2
     before = [m.stat().st_mtime_ns for m in models]
@@ -188,6 +191,23 @@ def test_lira_end_to_end_reuses_its_shadow_cache(overfit, tmp_path, capsys, monk
     monkeypatch.setattr(A, "_train_shadow", train_shadow)
     big = _audit_json(capsys, *argv[:-2], "--population", 40)  # 8 more examples: another population, new shadows
     assert (big["shadows"]["population"], big["shadows"]["trained"], big["n_members"]) == (40, 2, 16)
+
+
+def test_shadows_that_fit_far_worse_than_the_model_are_flagged():
+    """Shadows of a DP recipe on a small population can learn far less than the model (its expected batch, scaled
+    down, drowns in noise): LiRA then understates the leak, and the audit says so."""
+    assert A.shadow_fit_warning(0.74, 0.75) is None and A.shadow_fit_warning(0.80, 0.75) is None
+    w = A.shadow_fit_warning(0.47, 0.74)
+    assert "47.0%" in w and "74.0%" in w and "--population" in w
+    r = {"model": "m", "attack": "lira", "variant": "online", "n_members": 2, "members": "a", "n_non_members": 2,
+         "non_members": "b", "shadows": {"n": 2, "reused": 0, "trained": 2, "population": 4, "recipe": "r",
+                                         "cache": "c", "accuracy_outside": 0.47, "model_non_member_accuracy": 0.74,
+                                         "fit_warning": w},
+         "auc": 0.5, "balanced_accuracy": 0.5, "tpr_at_fpr": {"0.01": 0.01, "0.001": 0.0}, "fpr_resolution": 0.5,
+         "epsilon_lower_bound": 0.0, "confidence": 0.95, "delta": 1e-5, "epsilon_claimed": 8.0,
+         "epsilon_claimed_note": "card"}
+    text = A.format_summary(r)
+    assert "shadow fit 47.0%" in text and "warning   the shadows reach 47.0%" in text
 
 
 def test_lira_scores_separate_in_from_out():
@@ -248,3 +268,20 @@ def test_report_lists_audits(overfit, tmp_path, capsys):
     lo, hi = r["auc_ci"]
     assert lo < r["auc"] < hi
     assert f"| {r['auc']:.3f} ({lo:.3f}-{hi:.3f}) |" in row and "| 42 / 42 |" in row
+
+
+def test_report_shows_how_lira_shadows_fit():
+    from privfer.eval.report import audit_markdown
+
+    base = {"attack": "lira", "variant": "online", "n_members": 10, "n_non_members": 10, "auc": 0.5,
+            "tpr_at_fpr": {"0.01": 0.0, "0.001": 0.0}, "balanced_accuracy": 0.5, "epsilon_lower_bound": 0.0}
+    fit = {**base, "shadows": {"population": 20000, "accuracy_outside": 0.73, "model_non_member_accuracy": 0.75,
+                               "fit_warning": None}}
+    unfit = {**base, "shadows": {"population": 2000, "accuracy_outside": 0.47, "model_non_member_accuracy": 0.75,
+                                 "fit_warning": A.shadow_fit_warning(0.47, 0.75)}}
+    md = audit_markdown([("m", [("lira-pop20000", fit), ("lira", unfit), ("loss", {**base, "attack": "loss"})])])
+    lines = [line for line in md.splitlines() if line.startswith("- m ")]
+    assert len(lines) == 2  # the loss audit has no shadows
+    assert "73.0%" in lines[0] and "20000" in lines[0] and "do not mimic" not in lines[0]
+    assert "47.0%" in lines[1] and "understates" in lines[1]
+    assert audit_markdown([("m", [("loss", {**base, "attack": "loss"})])]).count("\n- ") == 0

@@ -54,5 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         paths = write_audit(result, sm, sn, args.out)
         print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr if args.json else sys.stdout)
+    if args.json and (result.get("shadows") or {}).get("fit_warning"):
+        print(f"privfer audit: warning: {result['shadows']['fit_warning']}", file=sys.stderr)
     print(json.dumps(result) if args.json else format_summary(result))
     return 0

@@ -344,7 +344,7 @@ def shadow_models(card: dict, audited: FaceSet, *, n_shadows: int = 4, epochs: i
     write_json_atomic(folder / "shadows.json", {"recipe": recipe, "note": note, "population": len(pop),
                                                 "population_data_hash": pop.data_hash(), "seed": seed})
     phi = np.zeros((n_shadows, len(audited)))
-    reused = 0
+    reused = out_correct = out_seen = 0
     bar = tqdm(range(n_shadows), desc="shadow models", unit="model", disable=not progress, leave=False,
                dynamic_ncols=True)
     for i in bar:
@@ -356,11 +356,34 @@ def shadow_models(card: dict, audited: FaceSet, *, n_shadows: int = 4, epochs: i
         bar.set_postfix(reused=reused)
         logits = load_model(out).logits(audited.pixels, batch_size)
         phi[i] = logit_confidence(logits, audited.labels)
+        outside = ~masks[i, :len(audited)]
+        out_correct += int((logits.argmax(1)[outside] == audited.labels[outside]).sum())
+        out_seen += int(outside.sum())
     bar.close()
     info = {"n": n_shadows, "trained": n_shadows - reused, "reused": reused, "population": len(pop),
             "train_size": len(pop) // 2, "recipe": note, "epochs": recipe["epochs" if recipe.get("private") else "public_epochs"],
-            "cache": str(folder)}
+            "cache": str(folder), "accuracy_outside": out_correct / max(out_seen, 1)}
     return ShadowResult(phi, masks[:, :len(audited)], info)
+
+
+#: shadows this much less accurate than the model (on examples neither trained on) do not mimic it
+SHADOW_FIT_GAP = 0.05
+
+
+def shadow_fit_warning(shadow_accuracy: float, model_accuracy: float) -> str | None:
+    """A warning when the shadows fit far worse than the audited model, else None.
+
+    LiRA compares the model's confidence on an example with the shadows' confidences with and without it; shadows
+    that learnt much less than the model (a DP recipe whose expected batch, scaled to a small shadow population,
+    drowns its gradients in noise) give distributions the model does not follow, so the attack understates the
+    leak. Measured as the shadows' accuracy on the audited examples outside their training half against the
+    model's on its non-members.
+    """
+    if shadow_accuracy >= model_accuracy - SHADOW_FIT_GAP:
+        return None
+    return (f"the shadows reach {shadow_accuracy:.1%} on audited examples they did not train on, the model "
+            f"{model_accuracy:.1%} on its non-members: they do not mimic it, so LiRA understates what it leaks; "
+            f"train them on more data (--population, up to about the model's training-set size)")
 
 
 def _sigma(values: np.ndarray, inside: np.ndarray) -> float:
@@ -549,10 +572,13 @@ def audit(model: str | Path | LoadedModel, members: str, non_members: str, *, at
                 pool = _sample(rest, population - len(audited), SAMPLE_SEED + 2)
         sh = shadow_models(lm.card, audited, n_shadows=n_shadows, epochs=shadow_epochs, population=pool,
                            cache=shadow_cache, progress=progress, batch_size=batch_size)
-        target_phi = logit_confidence(lm.logits(audited.pixels, batch_size), audited.labels)
+        target_logits = lm.logits(audited.pixels, batch_size)
+        target_phi = logit_confidence(target_logits, audited.labels)
         scores, variant = lira_scores(target_phi, sh, offline)
         sm, sn = scores[:len(m)], scores[len(m):]
-        extra = {"variant": variant, "shadows": sh.info}
+        model_acc = float((target_logits[len(m):].argmax(1) == n.labels).mean()) if len(n) else 0.0
+        extra = {"variant": variant, "shadows": {**sh.info, "model_non_member_accuracy": model_acc,
+                                                 "fit_warning": shadow_fit_warning(sh.info["accuracy_outside"], model_acc)}}
     else:
         sm, sn = simple_scores(lm, m, attack, batch_size), simple_scores(lm, n, attack, batch_size)
     card = lm.card
@@ -609,6 +635,11 @@ def format_summary(r: dict) -> str:
         s = r["shadows"]
         lines.append(f"shadows   {s['n']} ({s['reused']} reused, {s['trained']} trained) on halves of a population of "
                      f"{s['population']}: {s['recipe']}; cache {s['cache']}")
+        if "accuracy_outside" in s and "model_non_member_accuracy" in s:
+            lines.append(f"shadow fit {s['accuracy_outside']:.1%} accuracy on the audited examples outside each "
+                         f"shadow's half; the model {s['model_non_member_accuracy']:.1%} on its non-members")
+        if s.get("fit_warning"):
+            lines.append(f"warning   {s['fit_warning']}")
     lines += [
         f"AUC       {num(r['auc'])}" + (f" ({r['confidence']:.0%} CI {r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f}, DeLong)"
                                          if r.get("auc_ci") else "")

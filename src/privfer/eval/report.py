@@ -214,10 +214,17 @@ def weakest_classes(result: dict, k: int = 2) -> list[tuple[str, float]]:
 
 
 def audit_markdown(runs: list[tuple[str, list[tuple[str, dict]]]]) -> str:
-    """Table of audit results, one row per ``audit.json`` of each (run name, audits)."""
-    rows = []
+    """Table of audit results, one row per ``audit.json`` of each (run name, audits), then how well each LiRA
+    audit's shadow models fit beside the model (where the audit measured it)."""
+    rows, fits = [], []
     for run, audits in runs:
         for name, a in audits:
+            sh = a.get("shadows") or {}
+            if "accuracy_outside" in sh and "model_non_member_accuracy" in sh:
+                fits.append(f"- {run} {name}: shadows {_pct(sh['accuracy_outside'])} on the audited examples outside "
+                            f"their halves of {sh.get('population', NA)}, the model {_pct(sh['model_non_member_accuracy'])} "
+                            f"on its non-members" + ("; **the shadows do not mimic the model, so this LiRA row "
+                                                     "understates the leak**" if sh.get("fit_warning") else ""))
             tpr = a.get("tpr_at_fpr", {})
             rows.append([run, name, a.get("attack", NA) + (f" ({a['variant']})" if a.get("variant") else ""),
                          f"{a.get('n_members', NA)} / {a.get('n_non_members', NA)}",
@@ -225,8 +232,12 @@ def audit_markdown(runs: list[tuple[str, list[tuple[str, dict]]]]) -> str:
                                                       if a.get("auc_ci") else ""),
                          _pct(tpr.get("0.01")), _pct(tpr.get("0.001")), _pct(a.get("balanced_accuracy")),
                          _num(a.get("epsilon_lower_bound"), ".2f"), _num(a.get("epsilon_claimed"), ".2f")])
-    return _table(["run", "audit", "attack", "members / non-members", "AUC (95% CI)", "TPR at 1% FPR", "TPR at 0.1% FPR",
-                   "balanced attack accuracy", "ε lower bound (95%)", "ε claimed"], rows)
+    table = _table(["run", "audit", "attack", "members / non-members", "AUC (95% CI)", "TPR at 1% FPR",
+                    "TPR at 0.1% FPR", "balanced attack accuracy", "ε lower bound (95%)", "ε claimed"], rows)
+    if not fits:
+        return table
+    return "\n".join([table, "", "LiRA's shadow models against the model (accuracy on examples neither trained on; "
+                                  "shadows far below the model do not mimic it):", "", *fits])
 
 
 def _command(run: RunSummary) -> str:

@@ -163,11 +163,11 @@ def parse_min_recall(value) -> dict[str, float]:
     return floors
 
 
-def check_min_recall(min_recall, class_bias: str, classes, labels=None) -> dict[str, float]:
+def check_min_recall(min_recall, classes, labels=None) -> dict[str, float]:
     """The floors of ``min_recall`` (:func:`parse_min_recall`), checked against the other settings: they need
     classes of the model, and (when ``labels`` are given) at least one example of each floored class in the data
-    they are fit on. Raises :class:`PrivferError` naming the problem. ``class_bias`` may be anything: with ``off``
-    the floors alone raise offsets from 0."""
+    they are fit on. Raises :class:`PrivferError` naming the problem. Any ``class_bias`` takes floors: with ``off``
+    they alone raise offsets from 0."""
     floors = parse_min_recall(min_recall)
     if not floors:
         return floors
@@ -231,7 +231,7 @@ def fit_calibration(logits, labels, classes, class_bias: str = "off", negative_r
     y = np.asarray(labels, np.int64).ravel()
     if class_bias != "off" and class_bias not in BIAS_OBJECTIVES:
         raise PrivferError(f"class bias must be off or one of {', '.join(BIAS_OBJECTIVES)}, got {class_bias!r}")
-    floors = check_min_recall(min_recall, class_bias, classes, y)
+    floors = check_min_recall(min_recall, classes, y)
     t = fit_temperature(z, y)
     bias = None if class_bias == "off" else fit_class_bias(z / t, y, class_bias)
     if floors:
@@ -285,7 +285,7 @@ def recalibrate(model, spec, out, class_bias: str | None = None, negative_recall
     objective = class_bias or lm.card.get("class_bias_objective") or "off"
     recall = negative_recall if negative_recall is not None else lm.card.get("negative_recall_target")
     floors = min_recall if min_recall is not None else lm.card.get("class_bias_min_recall")
-    check_min_recall(floors, objective, lm.classes, fs.labels)  # before the model is run
+    check_min_recall(floors, lm.classes, fs.labels)  # before the model is run
     calib = fit_calibration(lm.logits(fs.pixels, batch_size=batch_size), fs.labels, lm.classes, objective, recall,
                             floors)
     weights, _ = resolve(model)

@@ -133,7 +133,7 @@ class TrainConfig:
         from ..eval.calibrate import check_min_recall
         from ..taxonomy import CLASSES
 
-        self.min_recall = check_min_recall(self.min_recall, self.class_bias, CLASSES) or None
+        self.min_recall = check_min_recall(self.min_recall, CLASSES) or None
         if self.select not in ("best", "last"):
             raise PrivferError(f"select must be best or last, got {self.select!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -206,7 +206,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     if cfg.min_recall:  # refused before the run directory is written
         if data.val is None:
             raise PrivferError("min_recall: the class offsets' recall floors are fit on validation data; give --val")
-        check_min_recall(cfg.min_recall, cfg.class_bias, data.classes, data.val.labels)
+        check_min_recall(cfg.min_recall, data.classes, data.val.labels)
     if fe is not None and data.val is not None and distributed.is_main():
         data.val_features = torch.from_numpy(np.array(cached(fe, data.val.pixels, data.val.hashes)))
     if distributed.rank() > 0:  # same initial weights (seed above); each rank its own augmentations

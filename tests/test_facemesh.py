@@ -140,3 +140,51 @@ def test_large_batches_run_in_chunks_with_the_same_features(monkeypatch):
         chunked = fe(x)
     assert calls == [3, 3, 1, 3, 3, 1]
     torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_tuned_trunk_starts_as_shipped_and_trains_only_from_tune_from():
+    x = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(0))
+    fixed, tuned = FaceMeshFeatures().eval(), FaceMeshFeatures(tuned=True, tune_from=40).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(x), fixed(x))
+    convs = tuned.net.convs
+    assert len(convs) == 38 and list(tuned.net.buffers())  # the PReLU slopes stay fixed buffers
+    tuned(x).sum().backward()
+    for i, c in convs.items():
+        assert c.weight.requires_grad == (int(i) >= 40)
+        assert (c.weight.grad is not None) == (int(i) >= 40)
+
+
+def test_tuned_model_is_valid_under_opacus():
+    """Per-sample gradients for the trained convolutions and the head; none for the fixed layers."""
+    from opacus import GradSampleModule
+
+    from privfer.models.facemesh import FaceMeshTuned
+
+    gs = GradSampleModule(FaceMeshTuned(7, hidden=8, tune_from=70))
+    gs(torch.rand(3, 1, 48, 48)).sum().backward()
+    net = gs._module
+    assert net.facemesh.net.convs["75"].weight.grad_sample.shape[0] == 3
+    assert getattr(net.facemesh.net.convs["66"].weight, "grad_sample", None) is None
+    assert net.classifier[1].weight.grad_sample.shape == (3, 8, 4032)
+
+
+def test_tuned_model_trains_saves_and_loads_its_trunk(tiny_fer, tmp_path):
+    from safetensors.torch import load_file
+
+    from privfer.models import load_model
+
+    cfg = TrainConfig.from_dict(dict(public=f"fer2013:{tiny_fer}", model="facemesh-tuned",
+                                     model_kwargs={"hidden": 8, "tune_from": 70}, public_epochs=1,
+                                     public_batch_size=70, public_lr=1e-2, augment=True, seed=0, threads=1,
+                                     out=str(tmp_path / "run")))
+    run = train(cfg, progress=False, log=lambda *_: None)
+    shipped = FaceMeshFeatures(tuned=True).net.convs
+    saved = load_file(str(run / "model.safetensors"))
+    assert torch.equal(saved["facemesh.net.convs.0.weight"], shipped["0"].weight.detach())  # fixed
+    assert not torch.equal(saved["facemesh.net.convs.75.weight"], shipped["75"].weight.detach())  # trained
+    m = load_model(run)
+    assert torch.equal(m.net.facemesh.net.convs["75"].weight.detach(), saved["facemesh.net.convs.75.weight"])
+    assert m.predict(np.random.default_rng(0).integers(0, 255, (2, 48, 48), dtype=np.uint8))[1].shape == (2,)
+    card = json.loads((run / "model_card.json").read_text())
+    assert "trained on this card's data as part of the model" in card["pretrained_frontend"]["note"]

@@ -219,6 +219,27 @@ def test_bad_resume_and_config_exit_2(tmp_path, capsys):
     assert "not a privfer run" in err[0] and "unknown config keys epsilonn" in err[1]
 
 
+def test_augment_ranges_set_the_transforms_and_unknown_ones_exit_2(tiny_fer, tmp_path, capsys, monkeypatch):
+    import privfer.train.loop as loop
+    from privfer.train.augment import Augment
+
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text("public: fer2013:/x\naugment_ranges: {rotate: 0, spin: 3}\n")
+    assert main(["train", "--config", str(cfgfile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "augment_ranges: unknown spin" in err[0]
+    for bad, msg in (("[1]", "must be a mapping"), ("{shift: -1}", "shift must be a number >= 0"),
+                     ("{flip: 2}", "flip must be true or false")):
+        cfgfile.write_text(f"public: fer2013:/x\naugment_ranges: {bad}\n")
+        assert main(["train", "--config", str(cfgfile)]) == 2
+        assert msg in capsys.readouterr().err
+    made = []
+    monkeypatch.setattr(loop, "Augment", lambda **kw: made.append(kw) or Augment(**kw))
+    loop.train(_cfg(tmp_path, "r", public=f"fer2013:{tiny_fer}", public_epochs=1, augment_ranges={"rotate": 0.0}),
+               progress=False, log=lambda *_: None)
+    assert made == [{"rotate": 0.0}]
+
+
 def test_existing_run_is_not_overwritten(tiny_fer, tmp_path):
     run = train(_cfg(tmp_path, "x", private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1), progress=False,
                 log=lambda *_: None)

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--public-split", type=float, help="with --private alone: make this fraction of it public by content hash")
     p.add_argument("--val", help="validation spec (default: the dataset's val split)")
     p.add_argument("--model", help="cnn | resnet | fusion (default) | scatter | scatter-linear | face-linear | facemesh-linear | "
-                                    "face-onet-linear | facemesh-onet-linear")
+                                    "face-onet-linear | facemesh-onet-linear | facemesh-tuned")
     p.add_argument("--model-kwargs", metavar="JSON",
                    help='model options as a JSON object, merged into the config\'s model_kwargs (e.g. \'{"hidden": 32}\')')
     p.add_argument("--epsilon", type=float)

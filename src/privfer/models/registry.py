@@ -1,7 +1,8 @@
 """Models by name: ``cnn``, ``resnet``, ``fusion`` (default), ``scatter`` / ``scatter-linear`` (fixed scattering
 features + head), ``face-linear`` (fixed CenterFace backbone features + linear head), ``facemesh-linear``
 (CenterFace and MediaPipe Face Mesh features + linear head), ``face-onet-linear`` and ``facemesh-onet-linear``
-(the same with MTCNN ONet's features appended)."""
+(the same with MTCNN ONet's features appended), ``facemesh-tuned`` (the same front-ends with Face Mesh's
+trunk trained too, and one hidden layer)."""
 from __future__ import annotations
 
 from torch import nn
@@ -9,7 +10,7 @@ from torch import nn
 from ..errors import PrivferError
 from .cnn import CNN
 from .facefeat import FaceFeatureLinear
-from .facemesh import FaceMeshLinear
+from .facemesh import FaceMeshLinear, FaceMeshTuned
 from .fusion import Fusion
 from .onet import FaceMeshONetLinear, FaceONetLinear
 from .resnet import ResNet
@@ -17,6 +18,7 @@ from .scatter import DEFAULT_VARIANT, ScatterLinear, ScatterNet
 
 MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion, "scatter": ScatterNet, "scatter-linear": ScatterLinear,
                                    "face-linear": FaceFeatureLinear, "facemesh-linear": FaceMeshLinear,
+                                   "facemesh-tuned": FaceMeshTuned,
                                    "face-onet-linear": FaceONetLinear, "facemesh-onet-linear": FaceMeshONetLinear}
 DEFAULT_MODEL = "fusion"
 

@@ -54,6 +54,8 @@ class TrainConfig:
     negative_weight: float = 0.0        # weight of a negative-vs-rest logistic loss added to each example's
                                         # loss (train/objective.py): trains the negative score directly
     augment: bool = True
+    augment_ranges: dict | None = None  # end-to-end training: ranges of the random transforms, overriding
+                                        # train/augment.py's Augment defaults (e.g. {rotate: 0, scale: 0})
     feature_cache: bool = True          # fixed front-ends: cached features of each face and its mirror (fast);
                                         # false: the front-end runs on randomly transformed faces every step
     aug_views: int = 0                  # with the feature cache: also cache N fixed randomly transformed copies of
@@ -121,6 +123,23 @@ class TrainConfig:
         if self.aug_views and not (self.augment and self.feature_cache):
             raise PrivferError("--aug-views caches augmented features: it needs augmentation and the feature cache "
                                "(drop --no-augment / --no-feature-cache, or --aug-views)")
+        if self.augment_ranges is not None:
+            from dataclasses import fields
+
+            from .augment import Augment
+
+            known = {f.name for f in fields(Augment)}
+            if not isinstance(self.augment_ranges, dict):
+                raise PrivferError(f"augment_ranges must be a mapping such as {{rotate: 0}}, got {self.augment_ranges!r}")
+            bad = sorted(set(self.augment_ranges) - known)
+            if bad:
+                raise PrivferError(f"augment_ranges: unknown {', '.join(bad)}; known: {', '.join(sorted(known))}")
+            for k, v in self.augment_ranges.items():
+                ok = isinstance(v, bool) if k == "flip" else (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                               and v >= 0)
+                if not ok:
+                    raise PrivferError(f"augment_ranges: {k} must be {'true or false' if k == 'flip' else 'a number >= 0'}"
+                                       f", got {v!r}")
         for name in ("epochs", "public_epochs", "batch_size", "public_batch_size", "physical_batch_size"):
             if getattr(self, name) < 1:
                 raise PrivferError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -212,7 +212,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     if distributed.rank() > 0:  # same initial weights (seed above); each rank its own augmentations
         torch.manual_seed(_rank_seed(cfg.seed, distributed.rank()))
     ema = EMA(net, cfg.ema_decay)
-    aug = Augment() if cfg.augment else Augment.off()
+    aug = Augment(**(cfg.augment_ranges or {})) if cfg.augment else Augment.off()
     # a feature centre comes from the public data when there is some, else from the private data (one release)
     private_center = center_of(net) is not None and data.public is None and data.private is not None
 

@@ -166,7 +166,7 @@ def test_tuned_model_is_valid_under_opacus():
     net = gs._module
     assert net.facemesh.net.convs["75"].weight.grad_sample.shape[0] == 3
     assert getattr(net.facemesh.net.convs["66"].weight, "grad_sample", None) is None
-    assert net.classifier[1].weight.grad_sample.shape == (3, 8, 4032)
+    assert net.head[1].weight.grad_sample.shape == (3, 8, 4032)
 
 
 def test_tuned_model_trains_saves_and_loads_its_trunk(tiny_fer, tmp_path):
@@ -188,3 +188,67 @@ def test_tuned_model_trains_saves_and_loads_its_trunk(tiny_fer, tmp_path):
     assert m.predict(np.random.default_rng(0).integers(0, 255, (2, 48, 48), dtype=np.uint8))[1].shape == (2,)
     card = json.loads((run / "model_card.json").read_text())
     assert "trained on this card's data as part of the model" in card["pretrained_frontend"]["note"]
+
+
+def _fixed_feature_run(tiny_fer, out, **kwargs):
+    """A trained facemesh-linear head (centre, mirror averaging, one hidden layer) on the tiny dataset."""
+    cfg = TrainConfig.from_dict(dict(public=f"fer2013:{tiny_fer}", model="facemesh-linear",
+                                     model_kwargs={"center": True, "mirror_average": True, "hidden": 8, **kwargs},
+                                     public_epochs=2, public_batch_size=32, public_lr=1e-2, seed=0, threads=1,
+                                     out=str(out)))
+    return train(cfg, progress=False, log=lambda *_: None)
+
+
+def test_tuned_model_started_from_a_fixed_feature_head_is_that_model(tiny_fer, tmp_path):
+    """init_from copies the head (and its centre) by name: before any training step the tuned model's logits are
+    the fixed-feature model's."""
+    from privfer.models import load_model
+    from privfer.models.facemesh import FaceMeshTuned
+    from privfer.models.io import init_weights
+
+    run = _fixed_feature_run(tiny_fer, tmp_path / "fixed")
+    fixed = load_model(run)
+    tuned = FaceMeshTuned(7, hidden=8, center=True, mirror_average=True).eval()
+    about = init_weights(tuned, run, fixed.classes)
+    assert about["tensors"] == sorted(fixed.net.state_dict()) and "head.0.mean" in about["tensors"]
+    assert about["its_model"] == "facemesh-linear" and "no differential privacy" in about["its_guarantee"]
+    x = torch.rand(3, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(x), fixed.net(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(PrivferError, match=r"init_from .*: its tensor head.2.bias \(8,\) does not fit this model "
+                                           r"\(shape \(16,\) there\)"):
+        init_weights(FaceMeshTuned(7, hidden=16, center=True), run, fixed.classes)
+    with pytest.raises(PrivferError, match="its classes .* are not this run's"):
+        init_weights(tuned, run, fixed.classes[::-1])
+    with pytest.raises(PrivferError, match="nowhere: not a run directory"):
+        init_weights(tuned, "nowhere", fixed.classes)
+
+
+def test_init_from_trains_on_from_the_model_and_says_so_in_the_card(tiny_fer, tmp_path):
+    from safetensors.torch import load_file
+
+    run = _fixed_feature_run(tiny_fer, tmp_path / "fixed")
+    cfg = TrainConfig.from_dict(dict(public=f"fer2013:{tiny_fer}", model="facemesh-tuned", init_from=str(run),
+                                     model_kwargs={"hidden": 8, "tune_from": 70, "center": True,
+                                                   "mirror_average": True},
+                                     public_epochs=1, public_batch_size=70, public_lr=1e-3, seed=0, threads=1,
+                                     out=str(tmp_path / "tuned")))
+    tuned = train(cfg, progress=False, log=lambda *_: None)
+    before, after = load_file(str(run / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    assert torch.equal(after["head.0.mean"], before["head.0.mean"])  # the centre is kept, not refit
+    assert not torch.equal(after["head.2.weight"], before["head.2.weight"])  # trained on from there
+    card = json.loads((tuned / "model_card.json").read_text())
+    init = card["initialised_from"]
+    assert init["model"] == str(run) and len(init["weights_sha256"]) == 64
+    assert init["its_public_data"]["spec"] == f"fer2013:{tiny_fer}@train" and "no guarantee of this card" in init["note"]
+
+
+def test_init_from_is_refused_with_private_data_and_a_centre_needs_a_source(tiny_fer, tmp_path):
+    with pytest.raises(PrivferError, match="init_from: a run with private data cannot start from another model"):
+        TrainConfig.from_dict(dict(private=f"fer2013:{tiny_fer}", init_from="ferplus-dp8"))
+    cfg = TrainConfig.from_dict(dict(public=f"fer2013:{tiny_fer}", model="facemesh-tuned",
+                                     model_kwargs={"hidden": 8, "center": True}, public_epochs=1, threads=1,
+                                     out=str(tmp_path / "run")))
+    with pytest.raises(PrivferError, match="no fixed front-end to fit a feature centre on"):
+        train(cfg, progress=False, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()

@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
                                     "face-onet-linear | facemesh-onet-linear | facemesh-tuned")
     p.add_argument("--model-kwargs", metavar="JSON",
                    help='model options as a JSON object, merged into the config\'s model_kwargs (e.g. \'{"hidden": 32}\')')
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from a trained model's weights (run directory or shipped name); no private data")
     p.add_argument("--epsilon", type=float)
     p.add_argument("--delta", type=float)
     p.add_argument("--epochs", type=int, help="epochs of the private stage (or of the only stage)")
@@ -83,7 +85,7 @@ def run(args) -> int:
 
     overrides = {
         "public": args.public, "private": args.private, "public_split": args.public_split, "val": args.val,
-        "model": args.model, "epsilon": args.epsilon, "delta": args.delta, "epochs": args.epochs,
+        "model": args.model, "init_from": args.init_from, "epsilon": args.epsilon, "delta": args.delta, "epochs": args.epochs,
         "public_epochs": args.public_epochs, "batch_size": args.batch_size,
         "physical_batch_size": args.physical_batch_size, "max_grad_norm": args.max_grad_norm,
         "aug_mult": args.aug_mult, "clipping": args.clipping, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,

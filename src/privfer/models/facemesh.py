@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import PrivferError
 from .facefeat import GRID, CenterFaceFeatures, FaceFeatureLinear
-from .layers import in_chunks, release_plan
+from .layers import FeatureCenter, in_chunks, release_plan
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "facemesh.safetensors"
 #: SHA-256 of the shipped weights' content (:func:`content_digest`): a model always gets the features it was
@@ -211,7 +211,13 @@ class FaceMeshTuned(nn.Module):
     shipped weights), then one hidden layer and the classifier: the end-to-end counterpart of
     :class:`FaceMeshLinear` with ``hidden``. Trained on augmented faces like the other end-to-end models (no
     feature cache: the Face Mesh features change as it learns). ``tune_from`` (:class:`TunedFaceMeshNet`) keeps
-    Face Mesh's early, high-resolution layers fixed."""
+    Face Mesh's early, high-resolution layers fixed.
+
+    ``center`` and ``mirror_average`` build the head of :class:`FaceMeshLinear` with the same options (a
+    :class:`~privfer.models.layers.FeatureCenter` first; the features of the face and of its mirror image
+    averaged, twice the front-ends' cost) under the same tensor names (``head.*``), so that a trained fixed-feature
+    model can start it (``init_from`` in the training config): at the first step it is that model. The centre is
+    not fit here (there is no fixed front-end to fit it on): it comes with ``init_from``."""
 
     pretrained = {**FaceMeshLinear.pretrained,
                   "note": "CenterFace's front-end is fixed; Face Mesh's trunk starts from its shipped weights and is "
@@ -219,7 +225,8 @@ class FaceMeshTuned(nn.Module):
                           "covers it); no guarantee of this card covers the data the front-ends were first trained "
                           "on (WIDER FACE is public; Face Mesh's photographs are Google's)"}
 
-    def __init__(self, num_classes: int, hidden: int = 256, dropout: float = 0.5, tune_from: int = 40):
+    def __init__(self, num_classes: int, hidden: int = 256, dropout: float = 0.5, tune_from: int = 40,
+                 center: bool = False, mirror_average: bool = False):
         super().__init__()
         if hidden < 1:
             raise PrivferError(f"hidden must be >= 1, got {hidden}")
@@ -227,11 +234,22 @@ class FaceMeshTuned(nn.Module):
             raise PrivferError(f"tune_from must be >= 0 (a layer of Face Mesh's list), got {tune_from}")
         self.centerface = CenterFaceFeatures()
         self.facemesh = FaceMeshFeatures(tuned=True, tune_from=tune_from)
-        d = (CenterFaceFeatures.out_channels + FaceMeshFeatures.out_channels) * GRID * GRID
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout),
-                                        nn.Linear(hidden, num_classes))
+        self.mirror_average = mirror_average
+        shape = (CenterFaceFeatures.out_channels + FaceMeshFeatures.out_channels, GRID, GRID)
+        d = shape[0] * GRID * GRID
+        self.head = nn.Sequential(*([FeatureCenter(shape)] if center else []), nn.Flatten(), nn.Linear(d, hidden),
+                                  nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
-    def forward(self, x):
+    def features(self, x):
+        """[N, 448, 3, 3]: CenterFace's fixed features and the tuned Face Mesh features, side by side."""
+        if self.mirror_average:  # one batch for both, as MirrorAverage
+            return self._features(torch.cat([x, x.flip(-1)])).unflatten(0, (2, -1)).mean(0)
+        return self._features(x)
+
+    def _features(self, x):
         with torch.no_grad():  # fixed: no gradient (and onnxruntime's faster path on a CPU)
             c = self.centerface(x)
-        return self.classifier(torch.cat([c, self.facemesh(x)], dim=1))
+        return torch.cat([c, self.facemesh(x)], dim=1)
+
+    def forward(self, x):
+        return self.head(self.features(x))

@@ -6,6 +6,7 @@ in ``privfer/weights``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -216,3 +217,34 @@ def load_model(ref: str | Path | None = None, device: str = "cpu") -> LoadedMode
         raise PrivferError(f"{w}: weights do not fit the model card ({msg})") from None
     net.to(device).eval()
     return LoadedModel(net, card, name=str(ref or DEFAULT_SHIPPED))
+
+
+def init_weights(net: nn.Module, ref: str | Path, classes) -> dict:
+    """Copy every tensor of model ``ref`` (run directory, weights file or shipped name) into the tensor of ``net``
+    with the same name and shape, so that training starts from it; ``net`` may have more (e.g. a front-end
+    that the saved model keeps fixed and does not save). The two must have the same ``classes``, and every
+    tensor of ``ref`` must find its place, else PrivferError. Returns what the model card records."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    w, c = resolve(ref)
+    try:
+        card = json.loads(c.read_text())
+        theirs = list(card["classes"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PrivferError(f"{c}: not a privfer model card ({e.__class__.__name__}: {e})") from None
+    if theirs != list(classes):
+        raise PrivferError(f"init_from {ref}: its classes {', '.join(theirs)} are not this run's {', '.join(classes)}")
+    try:
+        state = load_file(str(w))
+    except (SafetensorError, OSError) as e:
+        raise PrivferError(f"{w}: not a safetensors weights file ({str(e).splitlines()[0] if str(e) else e})") from None
+    own = net.state_dict()
+    for k, v in state.items():
+        if k not in own or own[k].shape != v.shape:
+            where = "no tensor of that name" if k not in own else f"shape {tuple(own[k].shape)} there"
+            raise PrivferError(f"init_from {ref}: its tensor {k} {tuple(v.shape)} does not fit this model ({where})")
+    net.load_state_dict(state, strict=False)
+    return {"model": str(ref), "weights_sha256": hashlib.sha256(w.read_bytes()).hexdigest(),
+            "tensors": sorted(state), "its_model": card.get("model"), "its_public_data": card.get("public_data"),
+            "its_private_data": card.get("private_data"), "its_guarantee": card.get("guarantee")}

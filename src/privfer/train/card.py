@@ -51,13 +51,15 @@ def describe_data(fs, subset: str | None = None) -> dict | None:
 
 
 def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: str, elapsed: float, st: dict,
-               world_size: int = 1, feature_center: dict | None = None, feature_subspace: dict | None = None) -> dict:
+               world_size: int = 1, feature_center: dict | None = None, feature_subspace: dict | None = None,
+               initialised_from: dict | None = None) -> dict:
     """Build ``model_card.json`` (all keys documented in the README's "Model card" section).
 
     ``world_size``: processes that trained the model together (torchrun); the guarantee does not depend on it.
     ``feature_center``: where a model's feature centre came from (``privfer.train.center.describe_center``).
     ``feature_subspace``: where its public feature subspace came from (``privfer.train.subspace.describe_subspace``);
-    the saved weights have it folded in, so ``model_kwargs`` omit ``project``."""
+    the saved weights have it folded in, so ``model_kwargs`` omit ``project``.
+    ``initialised_from``: the trained model the run started from (``privfer.models.io.init_weights``)."""
     eps = privacy.epsilon() if privacy is not None else None
     # --public-split: both sets come from one spec; say which part (by content hash) each one is
     split_note = f" (split by content hash, public fraction {cfg.public_split})" if cfg.public_split else None
@@ -93,6 +95,9 @@ def model_card(cfg, data, privacy: PrivacyState | None, calib: dict, selected: s
         "val_data": describe_data(data.val),
         "guarantee": guarantee,
         "public_data_note": public_note,
+        "initialised_from": initialised_from and {
+            **initialised_from, "note": "training started from this model's weights: the data it learnt from (its_*) "
+                                        "shaped this model too, with no guarantee of this card"},
         "pretrained_frontend": getattr(MODELS.get(cfg.model), "pretrained", None),
         "feature_center": feature_center,
         "feature_subspace": feature_subspace,

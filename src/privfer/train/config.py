@@ -26,6 +26,9 @@ class TrainConfig:
     # model
     model: str = "fusion"
     model_kwargs: dict = field(default_factory=dict)
+    init_from: str | None = None        # start from a trained model's weights (run directory or shipped name):
+                                        # every tensor of it is copied into the same-named one; runs without
+                                        # private data only (models/io.py: init_weights)
     # private stage (DP-SGD)
     epsilon: float = 8.0
     delta: float = 1e-5
@@ -111,6 +114,10 @@ class TrainConfig:
         if self.model_kwargs.get("project") and not (self.public or self.public_split):
             raise PrivferError("model_kwargs project: the feature subspace is learnt from public data; give --public "
                                "or --public-split (from private data it would need privacy)")
+        if self.init_from and self.private:
+            raise PrivferError("init_from: a run with private data cannot start from another model (the data that "
+                               "model learnt from would enter this run without its privacy accounting); train on "
+                               "public data in the same run's public stage instead")
         if self.aug_mult < 1:
             raise PrivferError(f"--aug-mult must be >= 1, got {self.aug_mult}")
         if self.clipping not in ("flat", "ghost"):

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.cache import FaceSet, load_faces
 from ..data.spec import parse_spec
 from ..errors import PrivferError
-from ..models.io import CALIBRATION_VERSION, LoadedModel, save_weights, write_json_atomic
+from ..models.io import CALIBRATION_VERSION, LoadedModel, init_weights, save_weights, write_json_atomic
 from ..models.registry import build_model
 from . import distributed
 from .augment import Augment
@@ -198,7 +198,13 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     if distributed.is_local_main():
         distributed.barrier()
     net = build_model(cfg.model, len(data.classes), **cfg.model_kwargs).to(device)
+    # init_from: the run starts from a trained model (refused with private data: config.py)
+    initialised = init_weights(net, cfg.init_from, data.classes) if cfg.init_from else None
+    center_given = initialised is not None and "head.0.mean" in initialised["tensors"]  # center_of: head[0]
     fe = frontend_of(net)
+    if center_of(net) is not None and fe is None and not center_given:
+        raise PrivferError(f"model_kwargs center: model {cfg.model!r} has no fixed front-end to fit a feature centre "
+                           "on; start it from a trained model with one (init_from), or drop center")
     if cfg.aug_views and fe is None:
         raise PrivferError(f"aug_views: model {cfg.model!r} has no fixed front-end whose features could be cached")
     if cfg.negative_weight:  # refused before the run directory is written
@@ -248,6 +254,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
         write_json_atomic(out / "environment.json", environment(cfg.seed))
     log(f"privfer train: {len(data.classes)} classes; public={len(data.public) if data.public is not None else 0} "
         f"private={len(data.private) if data.private is not None else 0} val={len(data.val) if data.val is not None else 0}")
+    if initialised is not None:
+        log(f"initialised from {initialised['model']} ({initialised['its_model']}, {len(initialised['tensors'])} tensors)")
     if data.private is not None and data.private.dropped.get("duplicate image"):
         log(f"private data: {data.private.dropped['duplicate image']} duplicate images (content hash) dropped: "
             "each distinct image is trained on once")
@@ -257,7 +265,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
     if privacy is not None:
         log(f"DP-SGD: target (eps={privacy.epsilon_target}, delta={privacy.delta}), noise {privacy.noise_multiplier:.4f}, "
             f"q={privacy.sample_rate:.5f}, {privacy.planned_steps} steps, C={privacy.max_grad_norm}, K={cfg.aug_mult}")
-    if center_of(net) is not None and ckpt is None:  # a resumed run has its centre in the checkpoint
+    if center_of(net) is not None and ckpt is None and not center_given:  # a resumed run has its centre in the checkpoint
         init_center(cfg, data, net, ema.net, fe, privacy, _shard(data.private) if private_center else None, log)
     if projection_of(net) is not None and ckpt is None:  # a resumed run has its basis in the checkpoint
         init_subspace(cfg, data, net, ema.net, fe, log)
@@ -275,7 +283,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, log, device: torch.de
         ckpt = None
 
     if main:
-        _finish(cfg, data, net, ema, privacy, st, out, time.time() - t_start, log)
+        _finish(cfg, data, net, ema, privacy, st, out, time.time() - t_start, log, initialised)
     distributed.barrier()
     return out
 
@@ -488,7 +496,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     stepper.gsm._close()
 
 
-def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
+def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log, initialised=None) -> Path:
     """Select weights (validation only), calibrate temperature, class offsets and threshold on validation, write the card."""
     from safetensors.torch import load_file
 
@@ -509,7 +517,7 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log) -> Path:
     final = fold_projection(final)  # the saved model has the public subspace folded into its first layer
     card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size(),
                       feature_center=describe_center(cfg, data, fe) if fe is not None else None,
-                      feature_subspace=describe_subspace(cfg, data))
+                      feature_subspace=describe_subspace(cfg, data), initialised_from=initialised)
     save_weights(final.state_dict(), out / "model.safetensors")
     write_json_atomic(out / "model_card.json", card)
     eps = "" if privacy is None else f", epsilon spent {card['epsilon_spent']:.3f} (target {privacy.epsilon_target})"

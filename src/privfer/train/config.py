@@ -115,9 +115,10 @@ class TrainConfig:
             raise PrivferError("model_kwargs project: the feature subspace is learnt from public data; give --public "
                                "or --public-split (from private data it would need privacy)")
         if self.init_from and self.private:
-            raise PrivferError("init_from: a run with private data cannot start from another model (the data that "
-                               "model learnt from would enter this run without its privacy accounting); train on "
-                               "public data in the same run's public stage instead")
+            raise PrivferError("init_from: a run with private data cannot start from another model (nothing shows "
+                               "that model never learnt from this run's private data, and if it did the guarantee "
+                               "would not hold); train on public data in the same run's public stage instead, which "
+                               "is checked by content hash")
         if self.aug_mult < 1:
             raise PrivferError(f"--aug-mult must be >= 1, got {self.aug_mult}")
         if self.clipping not in ("flat", "ghost"):

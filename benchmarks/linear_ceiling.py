@@ -6,7 +6,9 @@ its train and validation accuracy for each front-end named: a scattering variant
 ``scatter-linear`` head's per-image GroupNorm and, with ``--pool K``, its K x K averaging), ``face`` (the
 ``face-linear`` model's CenterFace features), ``facemesh`` (the ``facemesh-linear`` model's CenterFace and
 Face Mesh features), ``onet`` (MTCNN ONet's features alone), ``face-onet`` or ``facemesh-onet`` (the
-``face-onet-linear`` and ``facemesh-onet-linear`` models' features). With ``--mirror-average`` the two face front-ends give the features the shipped DP models
+``face-onet-linear`` and ``facemesh-onet-linear`` models' features), ``face-attn``, ``facemesh-attn`` or ``facemesh-attn-onet``
+(the ``face-attn-linear``, ``facemesh-attn-linear`` and ``facemesh-attn-onet-linear`` models': the attention mesh's
+regions appended). With ``--mirror-average`` the two face front-ends give the features the shipped DP models
 see: averaged over the face and its mirror image (``mirror_average``) and centred on the training mean
 (``center``). The train features come from (and go to) privfer's feature cache.
 
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from privfer.data.cache import load_faces
+from privfer.models.attnmesh import FaceAttentionLinear, FaceMeshAttentionLinear, FaceMeshAttentionONetLinear
 from privfer.models.facefeat import FaceFeatureLinear
 from privfer.models.facemesh import FaceMeshLinear
 from privfer.models.onet import FaceMeshONetLinear, FaceONetLinear, ONetFeatures
@@ -37,7 +40,8 @@ class ONetLinear(FaceFeatureLinear):
 
 
 FACE_MODELS = {"face": FaceFeatureLinear, "facemesh": FaceMeshLinear, "onet": ONetLinear, "face-onet": FaceONetLinear,
-               "facemesh-onet": FaceMeshONetLinear}
+               "facemesh-onet": FaceMeshONetLinear, "face-attn": FaceAttentionLinear, "facemesh-attn": FaceMeshAttentionLinear,
+               "facemesh-attn-onet": FaceMeshAttentionONetLinear}
 TRAIN, VAL = "fer2013:../shared/data/fer2013@train", "fer2013:../shared/data/fer2013@val"
 WEIGHT_DECAY, ITERATIONS = 1e-3, 60
 
@@ -88,7 +92,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="*", default=["full", "fast", "face", "facemesh"],
                     help="front-ends: scattering variants (full, fast), face (CenterFace features), "
-                         "facemesh (CenterFace and Face Mesh features), onet (ONet's), face-onet or facemesh-onet")
+                         "facemesh (CenterFace and Face Mesh features), onet (ONet's), face-onet, facemesh-onet, "
+                         "face-attn, facemesh-attn or facemesh-attn-onet")
     ap.add_argument("--pool", type=int, default=1, help="average the maps over K x K cells, as scatter-linear's pool")
     ap.add_argument("--mirror-average", action="store_true",
                     help="face and facemesh: mirror-averaged features centred on their mean, as the shipped DP models")

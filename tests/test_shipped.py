@@ -14,7 +14,8 @@ EXPECTED = {
     "fer2013-dp8": CLASSES_7,
     "fer2013-public10-dp8": CLASSES_7,
     "ferplus-dp8": CLASSES,
-    "ferplus-dp8-facemesh": CLASSES,  # the accurate option: CenterFace, Face Mesh and ONet features
+    "ferplus-dp8-facemesh": CLASSES,  # an accurate option: CenterFace, Face Mesh and ONet features
+    "ferplus-dp8-attn": CLASSES,  # the most accurate: the same and the attention mesh's lips and eye features
     "ferplus-dp8-scatter": CLASSES,  # the fast option: scattering features, a fourteenth of the default's FLOPs
 }
 

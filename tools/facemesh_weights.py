@@ -37,29 +37,18 @@ def reference_input() -> np.ndarray:
     return np.random.default_rng(0).random((1, 192, 192, 3), dtype=np.float32)
 
 
-def main(tflite: str) -> None:
-    import torch
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from safetensors.numpy import save_file
-
-    digest = hashlib.sha256(Path(tflite).read_bytes()).hexdigest()
-    if digest != SOURCE_SHA256:
-        sys.exit(f"{tflite}: SHA-256 {digest}, expected {SOURCE_SHA256} (face_landmark.tflite of mediapipe 0.10.21)")
-    # without the XNNPACK delegate, which would replace the layers by opaque DELEGATE nodes
-    it = Interpreter(model_path=tflite, experimental_preserve_all_tensors=True,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
-    x = reference_input()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
+def layer_list(it, taps) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The layers (in order) that an invoked interpreter ``it`` runs to compute the tensors named ``taps`` from
+    its inputs, as the list privfer's torch interpreter reads (``op``, ``in``, ``out`` and each op's settings),
+    and their weights (dequantized, float16, in torch's layout) by the name of the stored tensor."""
     name = {d["index"]: d["name"] for d in it.get_tensor_details()}
     shape = {d["index"]: tuple(int(s) for s in d["shape"]) for d in it.get_tensor_details()}
     ops = it._get_ops_details()
     # constants: the dequantized weights, under the name of the stored tensor
     const = {o["outputs"][0]: o["inputs"][0] for o in ops if o["op_name"] == "DEQUANTIZE"}
-    made = {it.get_input_details()[0]["index"]} | {o["outputs"][0] for o in ops if o["op_name"] != "DEQUANTIZE"}
+    made = {d["index"] for d in it.get_input_details()} | {o["outputs"][0] for o in ops if o["op_name"] != "DEQUANTIZE"}
     # keep only the layers the taps depend on
-    need, keep = {i for i, n in name.items() if n in TAPS}, []
+    need, keep = {i for i, n in name.items() if n in taps}, []
     for o in reversed(ops):
         if o["op_name"] != "DEQUANTIZE" and o["outputs"][0] in need:
             keep.append(o)
@@ -84,6 +73,33 @@ def main(tflite: str) -> None:
             elif op == "PAD" and i != ins[0]:
                 layer["channels"] = int(it.get_tensor(i)[3][1])  # zero channels appended
         layers.append(layer)
+    return layers, weights
+
+
+def interpreter(tflite: str):
+    """The TFLite interpreter of a model file, without the XNNPACK delegate (which would replace the layers by
+    opaque DELEGATE nodes), keeping every tensor for reading after ``invoke``."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=tflite, experimental_preserve_all_tensors=True,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return it
+
+
+def main(tflite: str) -> None:
+    import torch
+    from safetensors.numpy import save_file
+
+    digest = hashlib.sha256(Path(tflite).read_bytes()).hexdigest()
+    if digest != SOURCE_SHA256:
+        sys.exit(f"{tflite}: SHA-256 {digest}, expected {SOURCE_SHA256} (face_landmark.tflite of mediapipe 0.10.21)")
+    it = interpreter(tflite)
+    x = reference_input()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    name = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    layers, weights = layer_list(it, TAPS)
     save_file(weights, str(OUT), metadata={"layers": json.dumps(layers), "taps": json.dumps(TAPS),
                                            "source_sha256": digest, "source": "face_landmark.tflite, mediapipe 0.10.21"})
     print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB): {len(layers)} layers, {len(weights)} tensors")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -218,8 +219,9 @@ class FaceFeatureLinear(nn.Module):
             raise PrivferError(f"hidden must be >= 0, got {hidden}")
         # mirror_average: the head sees the average of the features of the face and of its mirror image
         self.frontend = MirrorAverage(self.frontend_class()) if mirror_average else self.frontend_class()
-        shape = (self.frontend_class.out_channels, GRID, GRID)
-        d = shape[0] * GRID * GRID
+        # the features' shape: [channels, GRID, GRID], or a front-end's own (``out_shape``)
+        shape = getattr(self.frontend_class, "out_shape", None) or (self.frontend_class.out_channels, GRID, GRID)
+        d = math.prod(shape)
         if not 0 <= project < d:
             raise PrivferError(f"project must be in [0, {d}) (the number of features), got {project}")
         # project: train on the features' projection onto the public data's top `project` principal directions

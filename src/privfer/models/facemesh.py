@@ -75,32 +75,46 @@ def checked_weights(path: Path, sha256: str | None, what: str) -> tuple[dict, di
 class FaceMeshNet(nn.Module):
     """Face Mesh's layers up to :data:`TAPS`: float [N, 3, 192, 192] RGB in [0, 1] -> the tap maps."""
 
+    #: The tensors computed (the file's ``taps`` must name them), and what the weights are, for error messages.
+    taps: dict[str, int] = TAPS
+    what = "Face Mesh"
+
     def __init__(self, path: Path = WEIGHTS, sha256: str | None = WEIGHTS_SHA256):
         super().__init__()
-        meta, weights = checked_weights(path, sha256, "Face Mesh")
+        meta, weights = checked_weights(path, sha256, self.what)
         self._names = {}
         for i, (k, w) in enumerate(weights.items()):
             self._names[k] = f"w{i}"  # channels-last: twice as fast for the depthwise layers on a CPU
             self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w,
                                  persistent=False)
         self.layers = json.loads(meta["layers"])
-        self._release = release_plan([layer["in"] for layer in self.layers], keep=set(TAPS))
-        if json.loads(meta["taps"]) != list(TAPS):
-            raise PrivferError(f"{path}: holds taps {meta['taps']}, expected {list(TAPS)}")
+        self._release = release_plan([layer["in"] for layer in self.layers], keep=set(self.taps))
+        if json.loads(meta["taps"]) != list(self.taps):
+            raise PrivferError(f"{path}: holds taps {meta['taps']}, expected {list(self.taps)}")
+
+    def weight(self, name: str) -> torch.Tensor:
+        """The fixed tensor stored under ``name`` in the weights file."""
+        return getattr(self, self._names[name])
 
     def maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Run the layer list (TFLite's SAME padding, NCHW) and return the :data:`TAPS` maps."""
-        env = {"input_1": x.contiguous(memory_format=torch.channels_last)}
-        for i, (layer, done) in enumerate(zip(self.layers, self._release)):
+        env = self.run(self.layers, self._release, {"input_1": x})
+        return [env[t] for t in self.taps]
+
+    def run(self, layers: list[dict], release: list[list[str]], env: dict[str, torch.Tensor]) -> dict:
+        """Run a converted layer list on the named inputs ``env``; the tensors it produces that ``release``
+        (:func:`~privfer.models.layers.release_plan`) keeps are added to ``env``, which is returned."""
+        env = {k: v.contiguous(memory_format=torch.channels_last) for k, v in env.items()}
+        for i, (layer, done) in enumerate(zip(layers, release)):
             op, h = layer["op"], [env[t] for t in layer["in"]]
-            w = [getattr(self, self._names[k]) for k in layer.get("weights", [])]
+            w = [self.weight(k) for k in layer.get("weights", [])]
             if op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
                 s, k = layer["stride"], w[0].shape[-1] if w else layer["kernel"]
                 (t0, t1), (l0, l1) = _same_pad(h[0].shape[-2], k, s), _same_pad(h[0].shape[-1], k, s)
                 if (t0, l0) == (t1, l1):  # symmetric: padded by the convolution itself (no copy, one ONNX node)
-                    y = self._conv(i, h[0], w, (t0, l0))
+                    y = self._conv(i, layer, h[0], w, (t0, l0))
                 else:
-                    y = self._conv(i, F.pad(h[0], (l0, l1, t0, t1)), w, (0, 0))
+                    y = self._conv(i, layer, F.pad(h[0], (l0, l1, t0, t1)), w, (0, 0))
             elif op == "PRELU":
                 y = F.prelu(h[0], w[0])
             elif op == "ADD":
@@ -110,16 +124,17 @@ class FaceMeshNet(nn.Module):
             elif op == "PAD":
                 y = F.pad(h[0], (0, 0, 0, 0, 0, layer["channels"]))
             else:
-                raise PrivferError(f"{WEIGHTS}: unsupported layer {op}")
+                raise PrivferError(f"{self.what} weights: unsupported layer {op}")
             env[layer["out"]] = y
             for t in done:  # not needed by a later layer: free it now
                 del env[t]
-        return [env[t] for t in TAPS]
+        return env
 
-    def _conv(self, i: int, x: torch.Tensor, w: list[torch.Tensor], padding: tuple[int, int]) -> torch.Tensor:
-        """Layer ``i``, a convolution (depthwise when it has one input channel per group) with the fixed weights."""
-        groups = x.shape[1] if self.layers[i]["op"] == "DEPTHWISE_CONV_2D" else 1
-        return F.conv2d(x, w[0], w[1], stride=self.layers[i]["stride"], padding=padding, groups=groups)
+    def _conv(self, i: int, layer: dict, x: torch.Tensor, w: list[torch.Tensor], padding: tuple[int, int]) -> torch.Tensor:
+        """``layer`` (number ``i`` of its list), a convolution (depthwise when it has one input channel per group)
+        with the fixed weights."""
+        groups = x.shape[1] if layer["op"] == "DEPTHWISE_CONV_2D" else 1
+        return F.conv2d(x, w[0], w[1], stride=layer["stride"], padding=padding, groups=groups)
 
 
 class TunedFaceMeshNet(FaceMeshNet):
@@ -147,7 +162,7 @@ class TunedFaceMeshNet(FaceMeshNet):
                     delattr(self, self._names[k])
                 layer["weights"], layer["kernel"] = [], w.shape[-1]
 
-    def _conv(self, i, x, w, padding):
+    def _conv(self, i, layer, x, w, padding):
         conv = self.convs[str(i)]
         conv.padding = padding  # fixed for a given input size (TensorFlow's SAME padding)
         return conv(x)

@@ -111,6 +111,24 @@ class MirrorAverage(nn.Module):
         return f.unflatten(0, (2, -1)).mean(0)  # (no slicing by len(x): the ONNX export keeps the batch dynamic)
 
 
+class StackedFeatures(nn.Module):
+    """Fixed front-ends side by side (``parts``, concatenated along the channels). No parameters. The training loop
+    caches each part's features on its own (``privfer.train.features.cached``), so adding a front-end reuses the
+    others' cached features."""
+
+    parts_classes: tuple[type[nn.Module], ...] = ()
+    #: Flatten each part's features first: for parts whose features have different shapes (the model's
+    #: ``out_shape`` is then one flat length).
+    flat = False
+
+    def __init__(self):
+        super().__init__()
+        self.parts = nn.ModuleList(cls() for cls in self.parts_classes)
+
+    def forward(self, x):
+        return torch.cat([p(x).flatten(1) if self.flat else p(x) for p in self.parts], dim=1)
+
+
 class BranchClassifier(nn.Module):
     """One feature branch (anything with ``out_dim``) + dropout + linear head, on standardised pixels."""
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .facefeat import GRID, CenterFaceFeatures, FaceFeatureLinear, grid_pool
 from .facemesh import FaceFeatures, FaceMeshLinear, checked_weights
-from .layers import in_chunks
+from .layers import StackedFeatures, in_chunks
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "onet.safetensors"
 #: SHA-256 of the shipped weights' content (``content_digest``): a model always gets the features it was trained on.
@@ -76,21 +76,6 @@ class ONetFeatures(nn.Module):
         x = ((x * 255.0 - 127.5) / 128.0).expand(-1, 3, -1, -1)  # grey as R = G = B, MTCNN's normalisation
         # each tap normalised per image; / 2: about the per-feature scale of the CenterFace and Face Mesh features
         return torch.cat([F.group_norm(grid_pool(t), 1) / 2 for t in self.net.maps(x)], dim=1)
-
-
-class StackedFeatures(nn.Module):
-    """Fixed front-ends side by side (``parts``, concatenated along the channels). No parameters. The training loop
-    caches each part's features on its own (``privfer.train.features.cached``), so adding a front-end reuses the
-    others' cached features."""
-
-    parts_classes: tuple[type[nn.Module], ...] = ()
-
-    def __init__(self):
-        super().__init__()
-        self.parts = nn.ModuleList(cls() for cls in self.parts_classes)
-
-    def forward(self, x):
-        return torch.cat([p(x) for p in self.parts], dim=1)
 
 
 class FaceONetFeatures(StackedFeatures):

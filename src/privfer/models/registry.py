@@ -1,7 +1,10 @@
 """Models by name: ``cnn``, ``resnet``, ``fusion`` (default), ``scatter`` / ``scatter-linear`` (fixed scattering
 features + head), ``face-linear`` (fixed CenterFace backbone features + linear head), ``facemesh-linear``
 (CenterFace and MediaPipe Face Mesh features + linear head), ``face-onet-linear`` and ``facemesh-onet-linear``
-(the same with MTCNN ONet's features appended), ``facemesh-tuned`` (the same front-ends with Face Mesh's
+(the same with MTCNN ONet's features appended), ``face-attn-linear`` and ``facemesh-attn-linear`` (CenterFace's,
+or CenterFace's and Face Mesh's, features and the attention mesh's lips and eye regions + linear head;
+``facemesh-attn-onet-linear`` with ONet's too),
+``facemesh-tuned`` (the same front-ends with Face Mesh's
 trunk trained too, and one hidden layer)."""
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from torch import nn
 from ..errors import PrivferError
 from .cnn import CNN
 from .facefeat import FaceFeatureLinear
+from .attnmesh import FaceAttentionLinear, FaceMeshAttentionLinear, FaceMeshAttentionONetLinear
 from .facemesh import FaceMeshLinear, FaceMeshTuned
 from .fusion import Fusion
 from .onet import FaceMeshONetLinear, FaceONetLinear
@@ -18,7 +22,8 @@ from .scatter import DEFAULT_VARIANT, ScatterLinear, ScatterNet
 
 MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fusion, "scatter": ScatterNet, "scatter-linear": ScatterLinear,
                                    "face-linear": FaceFeatureLinear, "facemesh-linear": FaceMeshLinear,
-                                   "facemesh-tuned": FaceMeshTuned,
+                                   "facemesh-tuned": FaceMeshTuned, "face-attn-linear": FaceAttentionLinear, "facemesh-attn-linear": FaceMeshAttentionLinear,
+                                   "facemesh-attn-onet-linear": FaceMeshAttentionONetLinear,
                                    "face-onet-linear": FaceONetLinear, "facemesh-onet-linear": FaceMeshONetLinear}
 DEFAULT_MODEL = "fusion"
 

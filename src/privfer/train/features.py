@@ -107,7 +107,10 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
         return ((a.astype(np.float32) + b.astype(np.float32)) / 2).astype(np.float16)
     parts = getattr(frontend, "parts", None)
     if parts is not None:  # front-ends side by side (StackedFeatures): each part cached on its own
-        return np.concatenate([cached(p, pixels, hashes, mirror, min_cached, view) for p in parts], axis=1)
+        feats = [cached(p, pixels, hashes, mirror, min_cached, view) for p in parts]
+        if getattr(frontend, "flat", False):  # parts of different shapes, flattened first
+            feats = [f.reshape(len(f), -1) for f in feats]
+        return np.concatenate(feats, axis=1)
     tag = _key(frontend, mirror, pixels.shape[1:], view)
     if len(pixels) < min_cached:
         keys = [f"{tag}:{h}" for h in hashes]
@@ -176,7 +179,7 @@ class FeatureViews:
         x = self.plain[rows]
         if self.mirror is not None:
             flip = (torch.arange(len(rows)) + torch.randint(0, 2, (len(rows) // k,)).repeat_interleave(k)) % 2 == 1
-            x = torch.where(flip[:, None, None, None], self.mirror[rows], x)
+            x = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), self.mirror[rows], x)  # any feature shape
         return x.float().to(self.device)
 
 

@@ -12,7 +12,7 @@ import privfer.models.attnmesh as am
 from privfer.errors import PrivferError
 from privfer.models.attnmesh import (CROPS, TAPS, AttentionMeshFeatures, AttentionMeshNet, FaceMeshAttentionFeatures,
                                      FaceMeshAttentionLinear, crop, region_transform)
-from privfer.models.facemesh import FaceFeatures, FaceMeshNet
+from privfer.models.facemesh import FaceFeatures
 from privfer.train.config import TrainConfig
 from privfer.train.features import cached, compute
 from privfer.train.loop import train
@@ -34,7 +34,7 @@ def test_network_gives_the_tflite_interpreters_tensors(net):
     rng = np.random.default_rng(1)  # tools/attnmesh_weights.reference_crops
     crops = {c: torch.from_numpy(rng.standard_normal((1, 32, 16, 16)).astype(np.float32)) for c in CROPS}
     with torch.no_grad():
-        trunk = FaceMeshNet.maps(net, torch.from_numpy(x).permute(0, 3, 1, 2))
+        trunk = net.trunk(torch.from_numpy(x).permute(0, 3, 1, 2))
         ours = {"landmarks": net.landmarks(trunk[1])}
         env = net.run(net.branch_layers, net._branch_release, crops)
         ours.update({t: env[t] for t in TAPS})

@@ -156,7 +156,7 @@ def main(tflite: str) -> None:
     refs = {"landmarks": get(trunk, "output_mesh").reshape(1, 468, 3)}
     refs.update({t: get(branch, t).transpose(0, 3, 1, 2) for t in TAPS})
     with torch.no_grad():
-        trunk_maps = super(AttentionMeshNet, net).maps(torch.from_numpy(x).permute(0, 3, 1, 2))
+        trunk_maps = net.trunk(torch.from_numpy(x).permute(0, 3, 1, 2))
         ours = {"landmarks": net.landmarks(trunk_maps[1])}
         env = net.run(net.branch_layers, net._branch_release, {k: torch.from_numpy(v) for k, v in crops.items()})
         ours.update({t: env[t] for t in TAPS})
@@ -175,7 +175,7 @@ def main(tflite: str) -> None:
     img = torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)[None].float() / 255
     img = torch.nn.functional.interpolate(img, size=(192, 192), mode="bilinear", align_corners=False)
     with torch.no_grad():
-        fmap, p19 = super(AttentionMeshNet, net).maps(img)
+        fmap, p19 = net.trunk(img)
         points = net.landmarks(p19)[..., :2]
         a, b, t = region_transform(points * (fmap.shape[-1] / 192), regions[0])
         lips_crop = crop(fmap.contiguous(), a, b, t, 16, 16)

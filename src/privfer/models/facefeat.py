@@ -190,6 +190,12 @@ class CenterFaceFeatures(nn.Module):
         return torch.cat([F.group_norm(grid_pool(t), 1) * scale for t in taps], dim=1)
 
 
+def feature_shape(frontend_class: type[nn.Module]) -> tuple[int, ...]:
+    """The shape of one face's features from a fixed front-end class: its ``out_shape``, or ``out_channels`` maps
+    on the GRID x GRID grid."""
+    return getattr(frontend_class, "out_shape", None) or (frontend_class.out_channels, GRID, GRID)
+
+
 class FaceFeatureLinear(nn.Module):
     """:class:`CenterFaceFeatures` + a linear head (2,592 features): the cheapest model to train with DP on
     features learnt from public, non-expression data. Takes faces of any size (they are upscaled to 128).
@@ -219,8 +225,7 @@ class FaceFeatureLinear(nn.Module):
             raise PrivferError(f"hidden must be >= 0, got {hidden}")
         # mirror_average: the head sees the average of the features of the face and of its mirror image
         self.frontend = MirrorAverage(self.frontend_class()) if mirror_average else self.frontend_class()
-        # the features' shape: [channels, GRID, GRID], or a front-end's own (``out_shape``)
-        shape = getattr(self.frontend_class, "out_shape", None) or (self.frontend_class.out_channels, GRID, GRID)
+        shape = feature_shape(self.frontend_class)
         d = math.prod(shape)
         if not 0 <= project < d:
             raise PrivferError(f"project must be in [0, {d}) (the number of features), got {project}")

@@ -82,6 +82,7 @@ class FaceMeshNet(nn.Module):
     def __init__(self, path: Path = WEIGHTS, sha256: str | None = WEIGHTS_SHA256):
         super().__init__()
         meta, weights = checked_weights(path, sha256, self.what)
+        self.meta = meta  # the file's metadata (layer lists, taps, and what a subclass stores there)
         self._names = {}
         for i, (k, w) in enumerate(weights.items()):
             self._names[k] = f"w{i}"  # channels-last: twice as fast for the depthwise layers on a CPU
@@ -168,6 +169,14 @@ class TunedFaceMeshNet(FaceMeshNet):
         return conv(x)
 
 
+def mesh_input(x: torch.Tensor) -> torch.Tensor:
+    """Faces [N, 1, S, S] in [0, 1] as the Face Mesh models take a face crop: a :data:`MARGIN` border of repeated
+    edge pixels, scaled to SIDE x SIDE, grey as R = G = B: [N, 3, SIDE, SIDE]."""
+    p = round(int(x.shape[-1]) * MARGIN)  # int(): a constant in an exported graph (its input size is fixed)
+    x = F.pad(x, (p, p, p, p), mode="replicate")
+    return F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+
+
 class FaceMeshFeatures(nn.Module):
     """Fixed front-end: float [N, 1, S, S] faces in [0, 1] -> [N, 160, 3, 3] Face Mesh features. No parameters."""
 
@@ -182,11 +191,8 @@ class FaceMeshFeatures(nn.Module):
         return in_chunks(self._features, x)  # bounded memory for large batches
 
     def _features(self, x):
-        p = round(int(x.shape[-1]) * MARGIN)  # int(): a constant in an exported graph (its input size is fixed)
-        x = F.pad(x, (p, p, p, p), mode="replicate")
-        x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
         # both taps are already GRID x GRID (stride 64 of the 192 px input): no pooling
-        return torch.cat([F.group_norm(t, 1) / 2 for t in self.net.maps(x)], dim=1)
+        return torch.cat([F.group_norm(t, 1) / 2 for t in self.net.maps(mesh_input(x))], dim=1)
 
 
 class FaceFeatures(nn.Module):

@@ -117,9 +117,22 @@ class StackedFeatures(nn.Module):
     others' cached features."""
 
     parts_classes: tuple[type[nn.Module], ...] = ()
-    #: Flatten each part's features first: for parts whose features have different shapes (the model's
-    #: ``out_shape`` is then one flat length).
+    #: Flatten each part's features first: for parts whose features have different shapes (the class's
+    #: ``out_shape`` is then one flat length; without it, ``out_channels`` is the parts' channels).
     flat = False
+
+    def __init_subclass__(cls, **kwargs):
+        """``cache_tag`` and ``out_channels`` or ``out_shape`` of a subclass, from its parts."""
+        super().__init_subclass__(**kwargs)
+        import math
+
+        from .facefeat import feature_shape
+
+        cls.cache_tag = "+".join(c.cache_tag for c in cls.parts_classes)
+        if cls.flat:
+            cls.out_shape = (sum(math.prod(feature_shape(c)) for c in cls.parts_classes),)
+        else:
+            cls.out_channels = sum(c.out_channels for c in cls.parts_classes)
 
     def __init__(self):
         super().__init__()

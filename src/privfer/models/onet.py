@@ -82,16 +82,12 @@ class FaceONetFeatures(StackedFeatures):
     """CenterFace and ONet features side by side: [N, 544, 3, 3]."""
 
     parts_classes = (CenterFaceFeatures, ONetFeatures)
-    out_channels = CenterFaceFeatures.out_channels + ONetFeatures.out_channels
-    cache_tag = "+".join(c.cache_tag for c in parts_classes)
 
 
 class FaceMeshONetFeatures(StackedFeatures):
     """CenterFace, Face Mesh and ONet features side by side: [N, 704, 3, 3]."""
 
     parts_classes = (FaceFeatures, ONetFeatures)
-    out_channels = FaceFeatures.out_channels + ONetFeatures.out_channels
-    cache_tag = "+".join(c.cache_tag for c in parts_classes)
 
 
 _ONET_CARD = {

@@ -31,7 +31,7 @@ ship:
 	for n in $(SHIPPED); do cp runs/$$n/model.safetensors src/privfer/weights/$$n.safetensors && cp runs/$$n/model_card.json src/privfer/weights/$$n.json; done
 
 # Every run of the results table (trained with `privfer train --config configs/NAME.yaml`).
-RESULTS := fer2013-baseline-dp8 fer2013-nonprivate fer2013-nonprivate-scatter fer2013-dp8-scatter fer2013-dp8 fer2013-dp8-facemesh fer2013-dp3 fer2013-dp1 fer2013-public10-dp8 ferplus-dp8 ferplus-dp8-facemesh
+RESULTS := fer2013-baseline-dp8 fer2013-nonprivate fer2013-nonprivate-scatter fer2013-dp8-scatter fer2013-dp8 fer2013-dp8-facemesh fer2013-dp3 fer2013-dp1 fer2013-public10-dp8 ferplus-dp8 ferplus-dp8-facemesh ferplus-dp8-attn
 results: install
 	$(BIN)/privfer report $(addprefix runs/,$(RESULTS)) --out docs/results
 

@@ -21,6 +21,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,10 @@ def finished_runs(root: Path) -> dict[str, Path]:
 
 
 def settings(config: dict) -> str:
-    """A run's settings apart from where it was written, as a comparable key."""
-    return json.dumps({k: v for k, v in config.items() if k != "out"}, sort_keys=True)
+    """A run's settings apart from where it was written, as a comparable key. A setting that the run's
+    ``config.json`` lacks (it predates the setting) counts as its default, which is what that run trained with."""
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(TrainConfig)}
+    return json.dumps({k: v for k, v in {**defaults, **config}.items() if k != "out"}, sort_keys=True)
 
 
 def privfer(*args: str, stdout=subprocess.PIPE) -> str:

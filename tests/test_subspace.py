@@ -30,6 +30,24 @@ def test_basis_is_the_top_principal_directions():
         public_basis(x, 51)
 
 
+def test_whitened_basis_equalises_the_variances_and_keeps_their_sum():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(800, 20, generator=g) * torch.linspace(0.5, 6.0, 20)
+    plain = public_basis(x, 5)[0]
+    half, full = public_basis(x, 5, whiten=0.5)[0], public_basis(x, 5, whiten=1.0)[0]
+    var = {a: ((x - x.mean(0)) @ b).var(0) for a, b in ((0, plain), (0.5, half), (1, full))}
+    torch.testing.assert_close(var[1], var[1].mean().expand(5), rtol=1e-4, atol=0)  # whitened: all equal
+    assert var[0].max() / var[0].min() > var[0.5].max() / var[0.5].min() > 1.0  # a = 0.5: in between
+    for a in (0.5, 1):
+        torch.testing.assert_close(var[a].sum(), var[0].sum(), rtol=1e-4, atol=0)  # the total variance is kept
+    torch.testing.assert_close(full / full.norm(dim=0), plain, atol=1e-5, rtol=0)  # the same directions, rescaled
+    with pytest.raises(PrivferError, match="project_whiten scales the public feature subspace"):
+        TrainConfig.from_dict(dict(public_split=0.1, private="fer2013:x", model="face-linear", project_whiten=1.0))
+    with pytest.raises(PrivferError, match=r"project_whiten must be in \[-1, 1\]"):
+        TrainConfig.from_dict(dict(public_split=0.1, private="fer2013:x", model="face-linear",
+                                   model_kwargs={"project": 4}, project_whiten=2.0))
+
+
 @pytest.mark.parametrize("hidden", [0, 16])
 def test_folding_keeps_the_function_and_gives_the_plain_network(hidden):
     torch.manual_seed(0)

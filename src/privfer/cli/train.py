@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
                    help='model options as a JSON object, merged into the config\'s model_kwargs (e.g. \'{"hidden": 32}\')')
     p.add_argument("--init-from", metavar="MODEL",
                    help="start from a trained model's weights (run directory or shipped name); no private data")
+    p.add_argument("--project-whiten", type=float, metavar="A",
+                   help="with model_kwargs project: scale each public principal direction by its variance to the "
+                        "power -A/2 (0 plain, 1 whitened)")
     p.add_argument("--epsilon", type=float)
     p.add_argument("--delta", type=float)
     p.add_argument("--epochs", type=int, help="epochs of the private stage (or of the only stage)")
@@ -95,7 +98,7 @@ def run(args) -> int:
         "feature_cache": False if args.no_feature_cache else None, "aug_views": args.aug_views,
         "dedupe": False if args.no_dedupe else None,
         "negative_recall": args.negative_recall, "class_bias": args.class_bias, "min_recall": args.min_recall,
-        "limit": args.limit,
+        "limit": args.limit, "project_whiten": args.project_whiten,
         "seed": args.seed, "threads": args.threads,
         "device": args.device,
     }

@@ -75,9 +75,9 @@ class FeatureCenter(nn.Module):
 
 
 class FeatureProjection(nn.Module):
-    """Project flat features onto a fixed K-dimensional subspace: ``x @ basis`` with ``basis`` [D, K] orthonormal
-    columns, the public training data's top principal directions, set once before training
-    (``privfer.train.subspace``). Not trained, so DP-SGD never sees it.
+    """Project flat features onto a fixed K-dimensional subspace: ``x @ basis`` with ``basis`` [D, K] the public
+    training data's top principal directions as columns (orthonormal, or rescaled by the config's
+    ``project_whiten``), set once before training (``privfer.train.subspace``). Not trained, so DP-SGD never sees it.
 
     Under DP-SGD the noise added to a weight matrix grows with its size, and all of it reaches the outputs. A layer
     on K projected features has K/D of the weights, so it gets K/D of the noise, while the directions in which the

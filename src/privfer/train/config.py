@@ -29,6 +29,9 @@ class TrainConfig:
     init_from: str | None = None        # start from a trained model's weights (run directory or shipped name):
                                         # every tensor of it is copied into the same-named one; runs without
                                         # private data only (models/io.py: init_weights)
+    project_whiten: float = 0.0         # with model_kwargs project: scale the public basis' directions by their
+                                        # public variance to the power -project_whiten/2, in [-1, 1] (0: plain,
+                                        # 1: whitened), total variance kept (train/subspace.py)
     # private stage (DP-SGD)
     epsilon: float = 8.0
     delta: float = 1e-5
@@ -114,6 +117,10 @@ class TrainConfig:
         if self.model_kwargs.get("project") and not (self.public or self.public_split):
             raise PrivferError("model_kwargs project: the feature subspace is learnt from public data; give --public "
                                "or --public-split (from private data it would need privacy)")
+        if self.project_whiten and not self.model_kwargs.get("project"):
+            raise PrivferError("project_whiten scales the public feature subspace: it needs model_kwargs project")
+        if not -1 <= self.project_whiten <= 1:
+            raise PrivferError(f"project_whiten must be in [-1, 1], got {self.project_whiten}")
         if self.init_from and self.private:
             raise PrivferError("init_from: a run with private data cannot start from another model (nothing shows "
                                "that model never learnt from this run's private data, and if it did the guarantee "

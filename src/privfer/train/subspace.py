@@ -29,10 +29,16 @@ def projection_of(net: nn.Module) -> FeatureProjection | None:
     return next((m for m in head if isinstance(m, FeatureProjection)), None)
 
 
-def public_basis(x: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
+def public_basis(x: torch.Tensor, k: int, whiten: float = 0.0) -> tuple[torch.Tensor, float]:
     """[D, k]: the top k principal directions (orthonormal columns) of the rows of ``x`` [N, D], centred on their
     mean; exact and deterministic (an SVD in float64), up to each column's sign, which is fixed positive on its
-    largest entry. Also the fraction of the centred rows' variance they keep."""
+    largest entry. Also the fraction of the centred rows' variance they keep.
+
+    ``whiten`` = a in [-1, 1] scales column i by c * var_i ** (-a / 2), var_i the rows' variance along it, with c
+    such that the projected rows keep their total variance: a = 1 gives every direction the same variance
+    (whitening), so that DP-SGD's isotropic noise and a single learning rate treat the public data's minor
+    directions like its major ones; a = 0 is the plain orthonormal basis, a < 0 stretches the major directions
+    instead. (On FER2013's public 10% every a tried, -0.5, 0.5 and 1, did worse than 0: docs/experiments.md.)"""
     if k > min(x.shape):
         raise PrivferError(f"project {k}: the public data gives at most {min(x.shape)} principal directions "
                            f"({x.shape[0]} faces, {x.shape[1]} features); lower it")
@@ -40,7 +46,10 @@ def public_basis(x: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
     _, s, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
     basis = vh[:k].T
     sign = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
-    return (basis * sign).float(), float(s[:k].square().sum() / s.square().sum())
+    var = s[:k].square().clamp_min(torch.finfo(torch.float64).tiny)
+    scale = var ** (-whiten / 2)
+    scale = scale * (var.sum() / (var * scale.square()).sum()).sqrt()
+    return (basis * sign * scale).float(), float(s[:k].square().sum() / s.square().sum())
 
 
 def init_subspace(cfg, data, net: nn.Module, ema_net: nn.Module, frontend: nn.Module, log) -> None:
@@ -50,11 +59,13 @@ def init_subspace(cfg, data, net: nn.Module, ema_net: nn.Module, frontend: nn.Mo
     p = projection_of(net)
     v = feature_vectors(frontend, data.public, mirror_views(frontend, cfg.augment))
     center = center_of(net)
-    basis, kept = public_basis(v - center.mean.flatten().to(v) if center is not None else v, p.basis.shape[1])
+    basis, kept = public_basis(v - center.mean.flatten().to(v) if center is not None else v, p.basis.shape[1],
+                               cfg.project_whiten)
     p.basis.copy_(basis)
     projection_of(ema_net).basis.copy_(basis)
     log(f"feature subspace: top {basis.shape[1]} principal directions of {len(data.public)} public faces' "
-        f"{basis.shape[0]} features ({kept:.1%} of their variance)")
+        f"{basis.shape[0]} features ({kept:.1%} of their variance)"
+        + (f", whitened to the power {cfg.project_whiten:g}" if cfg.project_whiten else ""))
 
 
 def fold_projection(net: nn.Module) -> nn.Module:
@@ -86,6 +97,6 @@ def describe_subspace(cfg, data) -> dict | None:
     if not k:
         return None
     return {"source": "public data (exact principal directions of its features, centred)", "n": len(data.public),
-            "dimensions": k, "privacy": "none spent: public data",
+            "dimensions": k, "whiten": cfg.project_whiten, "privacy": "none spent: public data",
             "saved_as": "folded into the first linear layer of the head: the saved model has no projection, and "
                         "model_kwargs omit project"}

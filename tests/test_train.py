@@ -145,6 +145,39 @@ def test_ghost_clipping_gives_the_flat_update(votes):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("ghost", [False, True])
+def test_public_mix_adds_the_rescaled_public_gradient_to_the_release(ghost):
+    """The public gradient is added to the released (clipped, noised, scaled) gradient and to nothing else: with
+    plain SGD the weights differ from a step without it by exactly lr times that gradient, whose norm is the one
+    asked for; the release itself (the per-example state Opacus keeps) is untouched by computing it."""
+    g = torch.Generator().manual_seed(2)
+    x, labels = torch.randn(40, 40, generator=g) * 3, torch.randint(0, 5, (40,), generator=g)
+    pub_x, pub_y = torch.randn(16, 40, generator=g), torch.randint(0, 5, (16,), generator=g)
+    obj, pub = Objective(labels), Objective(pub_y)
+    nets, extras = [], []
+    for mix in (False, True):
+        net = _hidden_head(0)
+        stepper = DPStepper(net, torch.optim.SGD(net.parameters(), lr=0.5), noise_multiplier=0.7, max_grad_norm=0.1,
+                            expected_batch_size=20, physical_batch_size=8, ghost=ghost)
+
+        def extra():
+            grads = stepper.public_gradient(lambda m: pub(m(pub_x), torch.arange(16)), 0.3)
+            extras.append(grads)
+            return grads
+
+        torch.manual_seed(5)  # the noise stream
+        stepper.step(obj, torch.arange(0, 20), lambda r: x[r], extra if mix else None)
+        nets.append(net)
+    (grads,) = extras
+    assert float(torch.sqrt(sum((e ** 2).sum() for e in grads))) == pytest.approx(0.3, rel=1e-5)
+    for a, b, e in zip(nets[0].parameters(), nets[1].parameters(), grads):
+        torch.testing.assert_close(b, a - 0.5 * e, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PrivferError, match="public_mix adds a public gradient"):
+        TrainConfig.from_dict(dict(private="fer2013:x", public_mix=0.5))
+    with pytest.raises(PrivferError, match="public_mix must be >= 0"):
+        TrainConfig.from_dict(dict(private="fer2013:x", public_split=0.1, public_mix=-1))
+
+
 def test_ghost_clipping_trains_with_the_same_epsilon(tiny_fer, tmp_path):
     runs = {c: train(_cfg(tmp_path, c, private=f"fer2013:{tiny_fer}", delta=1e-3, epochs=1, clipping=c),
                      progress=False, log=lambda *_: None) for c in ("flat", "ghost")}
@@ -279,7 +312,8 @@ def test_duplicate_private_images_are_trained_on_once(tiny_fer, tmp_path):
 
 
 def test_weight_decay_flag_sets_the_stage_it_names(tiny_fer, tmp_path):
-    """--weight-decay is the DP stage's; in a public-only run without a config, the (only) public stage's."""
+    """--weight-decay is the DP stage's; in a public-only run without a config, the (only) public stage's;
+    --public-weight-decay is the public stage's."""
     flags = ["--model", "scatter-linear", "--epochs", "1", "--batch-size", "32", "--delta", "1e-3", "--weight-decay", "0.01",
              "--quiet"]
     assert main(["train", "--private", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "dp"), *flags]) == 0
@@ -288,6 +322,11 @@ def test_weight_decay_flag_sets_the_stage_it_names(tiny_fer, tmp_path):
     assert main(["train", "--public", f"fer2013:{tiny_fer}", "--out", str(tmp_path / "np"), *flags]) == 0
     pub = json.loads((tmp_path / "np" / "config.json").read_text())
     assert pub["public_weight_decay"] == 0.01 and pub["weight_decay"] == TrainConfig().weight_decay
+    # --public-weight-decay always names the public stage, also beside --private data
+    assert main(["train", "--private", f"fer2013:{tiny_fer}", "--public-split", "0.3", "--public-epochs", "1",
+                 "--public-weight-decay", "0.2", "--out", str(tmp_path / "two"), *flags]) == 0
+    two = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert two["public_weight_decay"] == 0.2 and two["weight_decay"] == 0.01
 
 
 def test_label_smoothing_reaches_the_dp_stage(tiny_fer, tmp_path):

@@ -25,6 +25,11 @@ def add_parser(sub) -> None:
     p.add_argument("--project-whiten", type=float, metavar="A",
                    help="with model_kwargs project: scale each public principal direction by its variance to the "
                         "power -A/2 (0 plain, 1 whitened)")
+    p.add_argument("--public-mix", type=float, metavar="W",
+                   help="two-stage runs: add to each DP step the gradient on a public batch, rescaled to W times the "
+                        "clipping norm (public data: no privacy cost; default 0, off)")
+    p.add_argument("--weights-dtype", choices=["float32", "float16"],
+                   help="how the saved weights are stored (float16: half the file; calibrated on the rounded weights)")
     p.add_argument("--epsilon", type=float)
     p.add_argument("--delta", type=float)
     p.add_argument("--epochs", type=int, help="epochs of the private stage (or of the only stage)")
@@ -40,6 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--public-lr", type=float)
     p.add_argument("--weight-decay", type=float, help="weight decay of the private stage (or the only stage)")
+    p.add_argument("--public-weight-decay", type=float, help="weight decay of the public stage")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--label-smoothing", type=float,
                    help="hard labels of both stages: target 1 - s on the label and s / K spread over the K classes "
@@ -92,20 +98,23 @@ def run(args) -> int:
         "public_epochs": args.public_epochs, "batch_size": args.batch_size,
         "physical_batch_size": args.physical_batch_size, "max_grad_norm": args.max_grad_norm,
         "aug_mult": args.aug_mult, "clipping": args.clipping, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+        "weight_decay": args.weight_decay, "public_weight_decay": args.public_weight_decay,
+        "label_smoothing": args.label_smoothing,
         "negative_weight": args.negative_weight, "ema_decay": args.ema_decay,
         "augment": False if args.no_augment else None, "labels": args.labels,
         "feature_cache": False if args.no_feature_cache else None, "aug_views": args.aug_views,
         "dedupe": False if args.no_dedupe else None,
         "negative_recall": args.negative_recall, "class_bias": args.class_bias, "min_recall": args.min_recall,
         "limit": args.limit, "project_whiten": args.project_whiten,
+        "weights_dtype": args.weights_dtype, "public_mix": args.public_mix,
         "seed": args.seed, "threads": args.threads,
         "device": args.device,
     }
     if args.public and not args.private and not args.public_split and not args.config:
         # Non-private only: --epochs/--batch-size/--lr name the (only) public stage.
         overrides.update(public_epochs=args.epochs or args.public_epochs, public_batch_size=args.batch_size,
-                         public_lr=args.lr or args.public_lr, public_weight_decay=args.weight_decay,
+                         public_lr=args.lr or args.public_lr,
+                         public_weight_decay=args.weight_decay if args.weight_decay is not None else args.public_weight_decay,
                          epochs=None, batch_size=None, lr=None, weight_decay=None)
     if args.resume:
         run_dir = Path(args.resume)

@@ -58,15 +58,30 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write a state dict as safetensors, atomically."""
+def save_weights(state: dict[str, torch.Tensor], path: Path, dtype: str = "float32") -> None:
+    """Write a state dict as safetensors, atomically; floating tensors stored as ``dtype`` (float32 or float16:
+    :func:`load_model` widens float16 back to the model's float32)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    save_file({k: _stored(v.detach(), dtype).contiguous().cpu() for k, v in state.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+def _stored(t: torch.Tensor, dtype: str) -> torch.Tensor:
+    return t.to(getattr(torch, dtype)) if t.is_floating_point() else t
+
+
+def round_to_stored(net: nn.Module, dtype: str) -> nn.Module:
+    """``net`` with every floating parameter and buffer rounded through ``dtype``, in place: the function its
+    weights compute once saved with :func:`save_weights` (``dtype``) and loaded again. Unchanged for float32."""
+    with torch.no_grad():
+        for t in [*net.parameters(), *net.buffers()]:
+            if t.is_floating_point():
+                t.copy_(_stored(t, dtype))
+    return net
 
 
 def save_model(net: nn.Module, card: dict, out: Path, stem: str = "model") -> None:

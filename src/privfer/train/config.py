@@ -7,6 +7,9 @@ from pathlib import Path
 
 from ..errors import PrivferError
 
+#: How a run may store its weights (``weights_dtype``).
+STORED_DTYPES = ("float32", "float16")
+
 
 @dataclass
 class TrainConfig:
@@ -47,6 +50,8 @@ class TrainConfig:
     lr: float = 2.0
     momentum: float = 0.9
     weight_decay: float = 0.0
+    public_mix: float = 0.0             # two-stage runs: add to every DP step's released gradient the gradient on a
+                                        # public batch, rescaled to public_mix * max_grad_norm (no privacy cost)
     center_noise: float = 20.0          # models with a feature centre (model_kwargs center: true) and no public
                                         # data: noise multiplier of the private features' mean (train/center.py)
     # public stage (non-private)
@@ -73,6 +78,9 @@ class TrainConfig:
     min_recall: dict | None = None      # {class: floor}: then raise those classes' offsets until each one's
                                         # validation recall is at least its floor (e.g. {disgust: 0.4})
     select: str = "best"                # best (validation accuracy of EMA weights) | last
+    weights_dtype: str = "float32"      # float32 | float16: how model.safetensors stores the weights (float16
+                                        # halves the file; the card is calibrated on the rounded weights, and
+                                        # loading widens them to float32: models/io.py)
     seed: int = 0
     threads: int | None = None
     device: str = "auto"                # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda
@@ -121,6 +129,13 @@ class TrainConfig:
             raise PrivferError("project_whiten scales the public feature subspace: it needs model_kwargs project")
         if not -1 <= self.project_whiten <= 1:
             raise PrivferError(f"project_whiten must be in [-1, 1], got {self.project_whiten}")
+        if self.public_mix < 0:
+            raise PrivferError(f"public_mix must be >= 0, got {self.public_mix}")
+        if self.public_mix and not (self.private and (self.public or self.public_split)):
+            raise PrivferError("public_mix adds a public gradient to each DP step: it needs --private data and "
+                               "--public (or --public-split) data")
+        if self.weights_dtype not in STORED_DTYPES:
+            raise PrivferError(f"weights_dtype must be {' or '.join(STORED_DTYPES)}, got {self.weights_dtype!r}")
         if self.init_from and self.private:
             raise PrivferError("init_from: a run with private data cannot start from another model (nothing shows "
                                "that model never learnt from this run's private data, and if it did the guarantee "

@@ -72,20 +72,22 @@ class DPStepper:
         self.k = aug_mult
         self.chunk = max(1, physical_batch_size // aug_mult)
 
-    def step(self, objective: Objective, idx: torch.Tensor,
-             views: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, int, int]:
+    def step(self, objective: Objective, idx: torch.Tensor, views: Callable[[torch.Tensor], torch.Tensor],
+             extra: Callable[[], list[torch.Tensor]] | None = None) -> tuple[float, int, int]:
         """One logical step on the examples ``idx`` (a Poisson sample, row numbers of the training set).
 
         ``views(rows)`` returns K augmented model inputs per example of ``rows``, ``[b*K, ...]`` (example-major):
-        views of the faces, or of a fixed front-end's cached features.
+        views of the faces, or of a fixed front-end's cached features. ``extra()``, when given, returns a
+        gradient computed from public data alone (one tensor per trainable parameter), added to the released
+        noisy gradient before the update: post-processing of the release, so it costs no privacy.
         Returns (summed loss over views, correct predictions over views, number of views).
         """
         self.opt.zero_grad(set_to_none=True)
         if len(idx) == 0:
             if self.distributed:
-                self._empty_share_step()
+                self._empty_share_step(extra)
             else:
-                self._noise_only_step()
+                self._noise_only_step(extra)
             return 0.0, 0, 0
         chunks = torch.split(idx, self.chunk)
         loss_sum, correct, seen = 0.0, 0, 0
@@ -110,17 +112,40 @@ class DPStepper:
                 self.opt.signal_skip_step(do_skip=True)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
-        self.opt.step()  # clip the last chunk, add noise once, scale by expected batch size, update
+        if extra is None:
+            self.opt.step()  # clip the last chunk, add noise once, scale by expected batch size, update
+        elif self.opt.pre_step():  # the same release, then the public gradient added to it
+            if self.distributed:
+                self.opt.reduce_gradients()
+            self._add(extra)
+            self.opt.original_optimizer.step()
         return loss_sum, correct, seen
 
-    def _noise_only_step(self) -> None:
+    def _add(self, extra: Callable[[], list[torch.Tensor]] | None) -> None:
+        if extra is not None:
+            for p, g in zip(self.params, extra(), strict=True):
+                p.grad.add_(g)
+
+    def _noise_only_step(self, extra=None) -> None:
         """An empty Poisson batch still releases a noisy (all-noise) update, as the analysis assumes."""
         std = self.opt.noise_multiplier * self.opt.max_grad_norm
         for p in self.params:
             p.grad = torch.normal(0.0, std, p.shape, device=p.device) / self.opt.expected_batch_size
+        self._add(extra)
         self.opt.original_optimizer.step()
 
-    def _empty_share_step(self) -> None:
+    def public_gradient(self, loss: Callable[[nn.Module], torch.Tensor], norm: float) -> list[torch.Tensor]:
+        """The gradient of ``loss(model)`` (a loss on public data) for the trainable parameters, rescaled to
+        Euclidean norm ``norm``; Opacus' hooks are off meanwhile, so no per-example state is touched."""
+        self.gsm.disable_hooks()
+        try:
+            grads = torch.autograd.grad(loss(self.gsm._module), self.params)
+        finally:
+            self.gsm.enable_hooks()
+        total = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        return [g * (norm / total.clamp_min(1e-12)) for g in grads]
+
+    def _empty_share_step(self, extra=None) -> None:
         """Distributed, and this rank's share of the global batch is empty: it contributes a zero sum to the
         all-reduce (rank 0 still adds the noise), so every rank takes part in the same collectives."""
         for p in self.params:
@@ -129,4 +154,5 @@ class DPStepper:
         for p in self.params:
             p.grad /= self.opt.expected_batch_size
         self.opt.reduce_gradients()
+        self._add(extra)
         self.opt.original_optimizer.step()

@@ -26,7 +26,8 @@ from torch import nn
 from ..data.cache import FaceSet, load_faces
 from ..data.spec import parse_spec
 from ..errors import PrivferError
-from ..models.io import CALIBRATION_VERSION, LoadedModel, init_weights, save_weights, write_json_atomic
+from ..models.io import (CALIBRATION_VERSION, LoadedModel, init_weights, round_to_stored, save_weights,
+                         write_json_atomic)
 from ..models.registry import build_model
 from . import distributed
 from .augment import Augment
@@ -467,6 +468,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
                 return fe(faces)
         return faces
 
+    mix = _public_mix(cfg, data, stepper, fe, aug, rng, device, privacy.max_grad_norm)
     spe = steps_per_epoch(privacy.sample_rate)
     epochs = math.ceil(privacy.planned_steps / spe)
     net.train()
@@ -480,7 +482,7 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
                 g["lr"] = lr
             # the global Poisson batch (every rank draws the same), then this rank's examples of it
             idx = _own(torch.from_numpy(np.flatnonzero(rng.random(n) < privacy.sample_rate)))
-            ls, c, s = stepper.step(obj, idx, views)
+            ls, c, s = stepper.step(obj, idx, views, mix)
             privacy.record_step()
             ema.update(net)
             st["stage_step"] += 1
@@ -496,6 +498,31 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     stepper.gsm._close()
 
 
+def _public_mix(cfg, data, stepper, fe, aug, rng, device, clip: float):
+    """``public_mix``: a function giving, at each DP step, the gradient of the loss on a fresh batch of the public
+    data (``public_batch_size`` faces, drawn by the run's generator), rescaled to ``public_mix`` times the
+    clipping norm, to add to the released gradient; None without it. Public data only, so no privacy cost."""
+    if not cfg.public_mix:
+        return None
+    fs = data.public
+    fv = _feature_views(cfg, fe, fs, device)
+    obj = _objective(cfg, fs, device)
+    x = torch.from_numpy(fs.pixels)
+
+    def gradient() -> list[torch.Tensor]:
+        rows = torch.from_numpy(np.sort(rng.choice(len(fs), size=min(cfg.public_batch_size, len(fs)), replace=False)))
+        if fv is not None:
+            inputs = fv.views(rows)
+        else:
+            inputs = aug(to_input(x[rows])).to(device)
+            if fe is not None:
+                with torch.no_grad():
+                    inputs = fe(inputs)
+        return stepper.public_gradient(lambda model: obj(model(inputs), rows), cfg.public_mix * clip)
+
+    return gradient
+
+
 def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log, initialised=None) -> Path:
     """Select weights (validation only), calibrate temperature, class offsets and threshold on validation, write the card."""
     from safetensors.torch import load_file
@@ -506,6 +533,8 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log, initialised=Non
         final = copy.deepcopy(ema.net)
         final.load_state_dict(load_file(str(out / "best.safetensors")))
         selected = f"best validation accuracy ({st['best_val_acc']:.4f}) on {data.val.spec}"
+    if cfg.weights_dtype != "float32":  # calibrate what will be stored: the folded, rounded weights
+        final = round_to_stored(fold_projection(final), cfg.weights_dtype)
     calib = {"temperature": 1.0, "class_bias": None, "class_bias_objective": None, "negative_threshold": 0.5,
              "calibration_version": CALIBRATION_VERSION, "calibrated_on": None}
     if data.val is not None:
@@ -518,7 +547,7 @@ def _finish(cfg, data, net, ema, privacy, st, out, elapsed, log, initialised=Non
     card = model_card(cfg, data, privacy, calib, selected, elapsed, st, world_size=distributed.world_size(),
                       feature_center=describe_center(cfg, data, fe) if fe is not None else None,
                       feature_subspace=describe_subspace(cfg, data), initialised_from=initialised)
-    save_weights(final.state_dict(), out / "model.safetensors")
+    save_weights(final.state_dict(), out / "model.safetensors", cfg.weights_dtype)
     write_json_atomic(out / "model_card.json", card)
     eps = "" if privacy is None else f", epsilon spent {card['epsilon_spent']:.3f} (target {privacy.epsilon_target})"
     log(f"saved {out}/model.safetensors ({selected}){eps}")

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import PrivferError
+from ..train.config import STORED_DTYPES
 
 
 def add_parser(sub) -> None:
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--public-mix", type=float, metavar="W",
                    help="two-stage runs: add to each DP step the gradient on a public batch, rescaled to W times the "
                         "clipping norm (public data: no privacy cost; default 0, off)")
-    p.add_argument("--weights-dtype", choices=["float32", "float16"],
+    p.add_argument("--weights-dtype", choices=STORED_DTYPES,
                    help="how the saved weights are stored (float16: half the file; calibrated on the rounded weights)")
     p.add_argument("--epsilon", type=float)
     p.add_argument("--delta", type=float)

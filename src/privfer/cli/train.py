@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--public-lr", type=float)
     p.add_argument("--weight-decay", type=float, help="weight decay of the private stage (or the only stage)")
     p.add_argument("--public-weight-decay", type=float, help="weight decay of the public stage")
+    p.add_argument("--public-mixup", type=float, metavar="A",
+                   help="mixup in the public stage: train on mixtures of pairs of inputs (features, for fixed "
+                        "front-ends) with the same mixture of their losses, weights from Beta(A, A) (default 0, off)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--label-smoothing", type=float,
                    help="hard labels of both stages: target 1 - s on the label and s / K spread over the K classes "
@@ -100,6 +103,7 @@ def run(args) -> int:
         "physical_batch_size": args.physical_batch_size, "max_grad_norm": args.max_grad_norm,
         "aug_mult": args.aug_mult, "clipping": args.clipping, "lr": args.lr, "public_lr": args.public_lr, "optimizer": args.optimizer,
         "weight_decay": args.weight_decay, "public_weight_decay": args.public_weight_decay,
+        "public_mixup": args.public_mixup,
         "label_smoothing": args.label_smoothing,
         "negative_weight": args.negative_weight, "ema_decay": args.ema_decay,
         "augment": False if args.no_augment else None, "labels": args.labels,

@@ -60,6 +60,11 @@ class TrainConfig:
     public_optimizer: str = "adamw"
     public_lr: float = 1e-3
     public_weight_decay: float = 1e-4
+    public_mixup: float = 0.0           # > 0: mixup in the public stage (Zhang et al. 2018): each batch trains on
+                                        # convex mixtures of pairs of its inputs (for fixed front-ends, their
+                                        # features) with the same mixture of their losses, the weight drawn from
+                                        # Beta(public_mixup, public_mixup); not in the DP stage (a mixture is two
+                                        # examples' data in one per-example gradient)
     # both stages
     label_smoothing: float = 0.0        # hard labels only (votes are soft targets already)
     negative_weight: float = 0.0        # weight of a negative-vs-rest logistic loss added to each example's
@@ -134,6 +139,11 @@ class TrainConfig:
         if self.public_mix and not (self.private and (self.public or self.public_split)):
             raise PrivferError("public_mix adds a public gradient to each DP step: it needs --private data and "
                                "--public (or --public-split) data")
+        if self.public_mixup < 0:
+            raise PrivferError(f"public_mixup must be >= 0, got {self.public_mixup}")
+        if self.public_mixup and not (self.public or self.public_split):
+            raise PrivferError("public_mixup mixes examples in the public stage: it needs --public (or --public-split) "
+                               "data (under DP a mixture would put two examples in one clipped gradient)")
         if self.weights_dtype not in STORED_DTYPES:
             raise PrivferError(f"weights_dtype must be {' or '.join(STORED_DTYPES)}, got {self.weights_dtype!r}")
         if self.init_from and self.private:

@@ -404,10 +404,14 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
             opt.zero_grad(set_to_none=True)
             if len(rows):
                 if fv is not None:  # fixed front-end: its cached features, a random mirror image as augmentation
-                    logits = net.head(fv.views(rows))
+                    forward, inputs = net.head, fv.views(rows)
                 else:
-                    logits = net(aug(to_input(x[rows])).to(device))
-                loss = obj(logits, rows)
+                    forward, inputs = net, aug(to_input(x[rows])).to(device)
+                if cfg.public_mixup:
+                    logits, loss = _mixup(forward, inputs, rows, obj, rng, cfg.public_mixup)
+                else:
+                    logits = forward(inputs)
+                    loss = obj(logits, rows)
                 # several ranks: each back-propagates its share of the global mean; the shares are summed below
                 (loss * (len(rows) / len(batch)) if world > 1 else loss).backward()
                 loss_sum += loss.item() * len(rows)
@@ -424,6 +428,16 @@ def _run_public(cfg, data, net, ema, aug, rng, st, ckpt, out, progress, log, t_s
         bar.close()
         _end_epoch(cfg, data, net, ema, opt, rng, st, out, "public", (loss_sum, correct, seen), None, lr, log,
                    t_start, device)
+
+
+def _mixup(forward, inputs: torch.Tensor, rows: torch.Tensor, obj: Objective, rng, alpha: float):
+    """Mixup (Zhang et al. 2018) of one non-private batch: the logits of ``lam * inputs + (1 - lam) * inputs[pair]``
+    (``pair`` a random permutation of the batch, ``lam`` drawn from Beta(alpha, alpha)) and the same mixture of the
+    two examples' losses. Returns (logits, loss)."""
+    lam = float(rng.beta(alpha, alpha))
+    pair = torch.from_numpy(rng.permutation(len(rows)))
+    logits = forward(lam * inputs + (1 - lam) * inputs[pair.to(inputs.device)])
+    return logits, lam * obj(logits, rows) + (1 - lam) * obj(logits, rows[pair])
 
 
 def _objective(cfg, fs: FaceSet, device) -> Objective:

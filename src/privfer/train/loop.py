@@ -473,14 +473,10 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
         restore(ckpt[1], ckpt[0], net, ema.net, base, rng)
         _restore_rank_rng(ckpt[0], cfg, device)
 
+    inputs = _inputs_of(fv, fe, x, aug, device)
+
     def views(rows: torch.Tensor) -> torch.Tensor:
-        if fv is not None:  # fixed front-end: DP-SGD on its cached features
-            return fv.views(rows, k)
-        faces = aug(to_input(x[rows]).repeat_interleave(k, dim=0)).to(device)
-        if fe is not None:  # fixed front-end on freshly transformed faces (nothing to learn, no gradient)
-            with torch.no_grad():
-                return fe(faces)
-        return faces
+        return inputs(rows, k)
 
     mix = _public_mix(cfg, data, stepper, fe, aug, rng, device, privacy.max_grad_norm)
     spe = steps_per_epoch(privacy.sample_rate)
@@ -512,6 +508,22 @@ def _run_private(cfg, data, net, ema, aug, rng, st, ckpt, privacy, out, progress
     stepper.gsm._close()
 
 
+def _inputs_of(fv, fe, x: torch.Tensor, aug, device):
+    """``inputs(rows, k=1)``: the DP-trained module's inputs for K views of each example of ``rows``
+    (example-major): the fixed front-end's cached features (``fv``), or freshly transformed faces ``x[rows]``,
+    through the fixed front-end ``fe`` when there is one (nothing to learn there, so no gradient)."""
+    def inputs(rows: torch.Tensor, k: int = 1) -> torch.Tensor:
+        if fv is not None:
+            return fv.views(rows, k)
+        faces = aug(to_input(x[rows]).repeat_interleave(k, dim=0)).to(device)
+        if fe is not None:
+            with torch.no_grad():
+                return fe(faces)
+        return faces
+
+    return inputs
+
+
 def _public_mix(cfg, data, stepper, fe, aug, rng, device, clip: float):
     """``public_mix``: a function giving, at each DP step, the gradient of the loss on a fresh batch of the public
     data (``public_batch_size`` faces, drawn by the run's generator), rescaled to ``public_mix`` times the
@@ -519,20 +531,13 @@ def _public_mix(cfg, data, stepper, fe, aug, rng, device, clip: float):
     if not cfg.public_mix:
         return None
     fs = data.public
-    fv = _feature_views(cfg, fe, fs, device)
+    inputs = _inputs_of(_feature_views(cfg, fe, fs, device), fe, torch.from_numpy(fs.pixels), aug, device)
     obj = _objective(cfg, fs, device)
-    x = torch.from_numpy(fs.pixels)
 
     def gradient() -> list[torch.Tensor]:
         rows = torch.from_numpy(np.sort(rng.choice(len(fs), size=min(cfg.public_batch_size, len(fs)), replace=False)))
-        if fv is not None:
-            inputs = fv.views(rows)
-        else:
-            inputs = aug(to_input(x[rows])).to(device)
-            if fe is not None:
-                with torch.no_grad():
-                    inputs = fe(inputs)
-        return stepper.public_gradient(lambda model: obj(model(inputs), rows), cfg.public_mix * clip)
+        batch = inputs(rows)
+        return stepper.public_gradient(lambda model: obj(model(batch), rows), cfg.public_mix * clip)
 
     return gradient
 

@@ -193,6 +193,24 @@ def test_lira_end_to_end_reuses_its_shadow_cache(overfit, tmp_path, capsys, monk
     assert (big["shadows"]["population"], big["shadows"]["trained"], big["n_members"]) == (40, 2, 16)
 
 
+def test_lira_shadows_of_a_fixed_front_end_share_the_population_features(tiny_fer, tmp_path, capsys, monkeypatch):
+    """The shadows' training halves are gathered from the population's features, computed once: the audit caches
+    no features but the population's (each shadow half used to be computed again and written as its own file)."""
+    from privfer.train import features as F
+
+    monkeypatch.setenv("PRIVFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(F, "MIN_CACHED", 8)  # the population is cached on disk as a large one would be
+    run = train(TrainConfig.from_dict(dict(public=f"fer2013:{tiny_fer}@train", model="scatter-linear", public_epochs=1,
+                                           seed=0, threads=1, out=str(tmp_path / "run"))), progress=False, log=lambda *_: None)
+    before = set((tmp_path / "cache").glob("features-*.npy"))
+    r = _audit_json(capsys, run, "--members", f"fer2013:{tiny_fer}@train", "--non-members", f"fer2013:{tiny_fer}@val",
+                    "--attack", "lira", "--shadows", 4, "--shadow-epochs", 1, "--limit", 12, "--population", 60,
+                    "--shadow-cache", tmp_path / "shadows")
+    assert (r["shadows"]["trained"], r["shadows"]["population"]) == (4, 60)
+    new = set((tmp_path / "cache").glob("features-*.npy")) - before
+    assert new and all(len(np.load(f, mmap_mode="r")) == 60 for f in new)  # the population's, nothing per shadow
+
+
 def test_shadows_that_fit_far_worse_than_the_model_are_flagged():
     """Shadows of a DP recipe on a small population can learn far less than the model (its expected batch, scaled
     down, drowns in noise): LiRA then understates the leak, and the audit says so."""

@@ -94,6 +94,33 @@ def test_feature_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("features-*.npy"))) == 4
 
 
+def test_sets_of_cached_faces_are_gathered_not_computed_again(tmp_path, monkeypatch):
+    """A set whose faces are all in sets cached before (an audit's shadow halves of its population) is gathered
+    from them: the same features, no front-end pass, no file of its own. A set with a new face is computed, and
+    another cache directory knows none of them."""
+    from privfer.train import features as F
+
+    monkeypatch.setenv("PRIVFER_CACHE", str(tmp_path / "a"))
+    px = np.random.default_rng(1).integers(0, 255, (10, 48, 48), dtype=np.uint8)
+    h = np.array([f"g{i}" for i in range(10)])
+    fe = Scattering()
+    both = np.concatenate([cached(fe, px[:6], h[:6], min_cached=0), cached(fe, px[6:], h[6:], min_cached=0)])
+    files = sorted((tmp_path / "a").glob("features-*.npy"))
+    assert len(files) == 2
+    passes, compute_ = [], F.compute
+    monkeypatch.setattr(F, "compute", lambda fe_, pixels, *a, **k: passes.append(len(pixels)) or compute_(fe_, pixels, *a, **k))
+    rows = [7, 2, 9, 0]  # from both sets
+    np.testing.assert_array_equal(cached(fe, px[rows], h[rows], min_cached=0), both[rows])
+    np.testing.assert_array_equal(cached(fe, px[rows], h[rows]), both[rows])  # a small set too
+    assert passes == [] and sorted((tmp_path / "a").glob("features-*.npy")) == files
+    new = cached(fe, px[[1, 2, 3]], np.array(["g1", "g2", "other"]), min_cached=0)
+    np.testing.assert_array_equal(new, compute_(fe, px[[1, 2, 3]]))
+    assert passes == [3] and len(list((tmp_path / "a").glob("features-*.npy"))) == 3
+    monkeypatch.setenv("PRIVFER_CACHE", str(tmp_path / "b"))
+    cached(fe, px[rows], h[rows], min_cached=0)
+    assert passes == [3, 4]
+
+
 @pytest.mark.parametrize("model", ["scatter-linear", "scatter"])
 def test_dp_training_on_scattering_features_learns_and_loads(tiny_fer, tmp_path, model):
     epochs = 6 if model == "scatter-linear" else 12  # the CNN head learns the synthetic stripes more slowly
@@ -224,3 +251,20 @@ def test_aug_views_need_a_fixed_front_end_and_the_cache(tiny_fer, tmp_path):
                                        "physical_batch_size": 64, "lr": 2.0, "max_grad_norm": 0.1,
                                        "out": str(tmp_path / "run")}), progress=False, log=lambda *_: None)
     assert json.loads((run / "config.json").read_text())["aug_views"] == 2
+
+
+def test_cached_sets_are_found_by_later_processes_through_their_index(tmp_path, monkeypatch):
+    """Each features file has an index of its faces beside it, so a later process (another run's deduplicated
+    training set) gathers its faces from the file without a front-end pass."""
+    from privfer.train import features as F
+
+    monkeypatch.setenv("PRIVFER_CACHE", str(tmp_path))
+    px = np.random.default_rng(2).integers(0, 255, (8, 48, 48), dtype=np.uint8)
+    h = np.array([f"p{i}" for i in range(8)])
+    whole = np.array(cached(Scattering(), px, h, min_cached=0))
+    assert len(list(tmp_path.glob("index-*.json"))) == 1
+    monkeypatch.setattr(F, "_known", {})  # a new process: nothing remembered
+    monkeypatch.setattr(F, "_scanned", set())
+    monkeypatch.setattr(F, "compute", lambda *a, **k: pytest.fail("features computed again"))
+    np.testing.assert_array_equal(cached(Scattering(), px[1:6], h[1:6], min_cached=0), whole[1:6])
+    assert len(list(tmp_path.glob("features-*.npy"))) == 1

@@ -292,6 +292,20 @@ def _train_shadow(recipe: dict, fs: FaceSet, out: Path, seed: int, progress: boo
     os.replace(partial, out)
 
 
+def _prime_features(recipe: dict, pop: FaceSet) -> None:
+    """Compute (or read) the recipe's fixed front-end features of the whole population once, as its training
+    asks for them, so that each shadow's half is gathered from them (``privfer.train.features.cached``) instead of
+    computed again and cached as a file of its own."""
+    from ..models.registry import build_model
+    from ..train.config import TrainConfig
+    from ..train.features import FeatureViews, frontend_of, mirror_views
+
+    cfg = TrainConfig.from_dict({**recipe, "out": "unused"}, source="shadow recipe")
+    fe = frontend_of(build_model(cfg.model, len(pop.classes), **cfg.model_kwargs)) if cfg.feature_cache else None
+    if fe is not None:
+        FeatureViews(fe, pop, mirror=mirror_views(fe, cfg.augment), aug_views=cfg.aug_views)
+
+
 def _cache_key(recipe: dict, population: FaceSet, seed: int) -> str:
     h = hashlib.blake2b(digest_size=12)
     h.update(json.dumps({"v": 1, "recipe": {k: v for k, v in recipe.items() if k not in _NOT_RECIPE},
@@ -343,6 +357,8 @@ def shadow_models(card: dict, audited: FaceSet, *, n_shadows: int = 4, epochs: i
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "shadows.json", {"recipe": recipe, "note": note, "population": len(pop),
                                                 "population_data_hash": pop.data_hash(), "seed": seed})
+    if not all((folder / f"shadow-{i:03d}" / "model.safetensors").is_file() for i in range(n_shadows)):
+        _prime_features(recipe, pop)
     phi = np.zeros((n_shadows, len(audited)))
     reused = out_correct = out_seen = 0
     bar = tqdm(range(n_shadows), desc="shadow models", unit="model", disable=not progress, leave=False,

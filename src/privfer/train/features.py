@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -83,6 +85,75 @@ MIN_CACHED = 4096
 MEMO_BYTES = 1 << 30
 _memo: dict[str, np.ndarray] = {}
 _memo_bytes = 0
+#: Sets of at least ``min_cached`` faces whose features are cached on disk, per cache directory and key: (row of
+#: each content hash, the file's features, memory-mapped). Each file has an index of its faces beside it, so a
+#: later set all of whose faces are in such files (a run's deduplicated or split training set, an audit's shadow
+#: halves of its population) is gathered from them, not computed again and written as a file of its own.
+_known: dict[tuple[str, str], list[tuple[dict[str, int], np.ndarray]]] = {}
+_scanned: set[tuple[str, str]] = set()
+
+
+def _digest(tag: str) -> str:
+    return hashlib.blake2b(tag.encode(), digest_size=8).hexdigest()
+
+
+def _add(tag: str, rows: dict[str, int], feats: np.ndarray) -> None:
+    sets = _known.setdefault((str(cache_dir()), tag), [])
+    if not any(f.filename == feats.filename for _, f in sets):
+        sets.append((rows, feats))
+
+
+def _remember(tag: str, hashes, path: Path) -> np.ndarray:
+    """The features in ``path`` (memory-mapped), remembered as those of the faces ``hashes`` for :func:`_gather`,
+    with their index (``index-<key digest>-<name>.json``: the key and the faces' content hashes) written beside
+    them if it is not there yet."""
+    from ..models.io import write_json_atomic
+
+    feats = np.load(path, mmap_mode="r")
+    _add(tag, {str(h): i for i, h in enumerate(hashes)}, feats)
+    index = path.with_name(f"index-{_digest(tag)}-{path.stem.removeprefix('features-')}.json")
+    if not index.is_file():
+        write_json_atomic(index, {"key": tag, "hashes": [str(h) for h in hashes]})
+    return feats
+
+
+def _read_indexes(tag: str) -> None:
+    """Remember, once per process, the features files of key ``tag`` that the cache directory's indexes list."""
+    import json
+
+    root = cache_dir()
+    if (str(root), tag) in _scanned:
+        return
+    _scanned.add((str(root), tag))
+    for index in sorted(root.glob(f"index-{_digest(tag)}-*.json")):
+        path = root / f"features-{index.stem.split('-', 2)[2]}.npy"
+        try:
+            entry = json.loads(index.read_text())
+            feats = np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            continue  # a missing or damaged file is not used; its faces' features are computed again
+        if entry.get("key") == tag and len(entry.get("hashes", ())) == len(feats):
+            _add(tag, {h: i for i, h in enumerate(entry["hashes"])}, feats)
+
+
+def _gather(tag: str, hashes) -> np.ndarray | None:
+    """The features of the faces ``hashes`` from the sets :func:`_remember` holds, or None if any face is in none."""
+    sets = _known.get((str(cache_dir()), tag))
+    if not sets or not len(hashes):
+        return None
+    keys = [str(h) for h in hashes]
+    out, missing = None, np.ones(len(keys), bool)
+    for rows, feats in sets:
+        idx = np.array([rows.get(k, -1) for k in keys])
+        take = missing & (idx >= 0)
+        if take.any():
+            if out is None:
+                out = np.empty((len(keys),) + feats.shape[1:], feats.dtype)
+            out[take] = feats[idx[take]]
+            missing &= ~take
+        if not missing.any():
+            return out
+    return None
 
 
 def _key(frontend: nn.Module, mirror: bool, shape, view: int = 0) -> str:
@@ -93,10 +164,11 @@ def _key(frontend: nn.Module, mirror: bool, shape, view: int = 0) -> str:
 
 
 def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: bool = False,
-           min_cached: int = MIN_CACHED, view: int = 0) -> np.ndarray:
+           min_cached: int | None = None, view: int = 0) -> np.ndarray:
     """:func:`compute`, read from (or written atomically to) the cache directory when it was done before.
 
-    Sets of fewer than ``min_cached`` faces are not written (see ``MIN_CACHED``). A flip-invariant front-end
+    Sets of fewer than ``min_cached`` faces (default :data:`MIN_CACHED`) are not written. A set whose faces are
+    all in sets this process has written or read before is gathered from them (:func:`_gather`). A flip-invariant front-end
     that averages an inner one's features of the face and its mirror image (``MirrorAverage``) is computed from
     the inner front-end's cached features of both, and front-ends side by side (``StackedFeatures``) from each
     one's cached features."""
@@ -111,7 +183,12 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
         if getattr(frontend, "flat", False):  # parts of different shapes, flattened first
             feats = [f.reshape(len(f), -1) for f in feats]
         return np.concatenate(feats, axis=1)
+    min_cached = MIN_CACHED if min_cached is None else min_cached
     tag = _key(frontend, mirror, pixels.shape[1:], view)
+    _read_indexes(tag)
+    known = _gather(tag, hashes)
+    if known is not None:
+        return known
     if len(pixels) < min_cached:
         keys = [f"{tag}:{h}" for h in hashes]
         todo = [i for i, k in enumerate(keys) if k not in _memo]
@@ -130,7 +207,7 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
         h.update(str(s).encode())
     path = cache_dir() / f"features-{h.hexdigest()}.npy"
     if path.is_file():
-        return np.load(path, mmap_mode="r")
+        return _remember(tag, hashes, path)
     feats = compute(frontend, pixels, mirror, view=view, hashes=hashes)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -141,6 +218,7 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _remember(tag, hashes, path)
     return feats
 
 

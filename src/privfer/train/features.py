@@ -137,7 +137,8 @@ def _read_indexes(tag: str) -> None:
 
 
 def _gather(tag: str, hashes) -> np.ndarray | None:
-    """The features of the faces ``hashes`` from the sets :func:`_remember` holds, or None if any face is in none."""
+    """The features of the faces ``hashes`` from the files remembered for key ``tag``, or None if any face is in
+    none of them."""
     sets = _known.get((str(cache_dir()), tag))
     if not sets or not len(hashes):
         return None
@@ -168,10 +169,10 @@ def cached(frontend: nn.Module, pixels: np.ndarray, hashes: np.ndarray, mirror: 
     """:func:`compute`, read from (or written atomically to) the cache directory when it was done before.
 
     Sets of fewer than ``min_cached`` faces (default :data:`MIN_CACHED`) are not written. A set whose faces are
-    all in sets this process has written or read before is gathered from them (:func:`_gather`). A flip-invariant front-end
-    that averages an inner one's features of the face and its mirror image (``MirrorAverage``) is computed from
-    the inner front-end's cached features of both, and front-ends side by side (``StackedFeatures``) from each
-    one's cached features."""
+    all in the cache directory's features files (found through their indexes) is gathered from them
+    (:func:`_gather`). A flip-invariant front-end that averages an inner one's features of the face and its
+    mirror image (``MirrorAverage``) is computed from the inner front-end's cached features of both, and
+    front-ends side by side (``StackedFeatures``) from each one's cached features."""
     inner = getattr(frontend, "inner", None)
     if getattr(frontend, "flip_invariant", False) and inner is not None:
         a = cached(inner, pixels, hashes, False, min_cached, view)

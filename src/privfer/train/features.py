@@ -15,6 +15,7 @@ at no cost after the first run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -119,8 +120,6 @@ def _remember(tag: str, hashes, path: Path) -> np.ndarray:
 
 def _read_indexes(tag: str) -> None:
     """Remember, once per process, the features files of key ``tag`` that the cache directory's indexes list."""
-    import json
-
     root = cache_dir()
     if (str(root), tag) in _scanned:
         return

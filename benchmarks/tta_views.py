@@ -65,7 +65,9 @@ def main() -> None:
         logits.append(z)
         probs.append(p)
         print(f"{n:5s} accuracy {(labels == y).mean():.4f}  ({time.time() - t:.0f} s)", flush=True)
-    bias = lm.class_bias
+    # the decision rule of LoadedModel.calibrated: offsets on top of the probabilities, unless (calibration version
+    # 1) the probabilities hold them already
+    bias = lm.class_bias if lm.calibration_version >= 2 else 0.0
     mean_p = np.mean(probs, axis=0)
     print(f"mean of the views' probabilities: accuracy {((np.log(mean_p + 1e-12) + bias).argmax(1) == y).mean():.4f}")
     print(f"mean of the views' logits: accuracy {(lm.calibrated(np.mean(logits, axis=0))[1] == y).mean():.4f}")

@@ -8,7 +8,9 @@ its train and validation accuracy for each front-end named: a scattering variant
 Face Mesh features), ``onet`` (MTCNN ONet's features alone), ``face-onet`` or ``facemesh-onet`` (the
 ``face-onet-linear`` and ``facemesh-onet-linear`` models' features), ``face-attn``, ``facemesh-attn`` or ``facemesh-attn-onet``
 (the ``face-attn-linear``, ``facemesh-attn-linear`` and ``facemesh-attn-onet-linear`` models': the attention mesh's
-regions appended). With ``--mirror-average`` the two face front-ends give the features the shipped DP models
+regions appended), ``res`` (HSE FaceRes' features alone), ``facemesh-attn-res`` or ``facemesh-attn-onet-res`` (the
+``facemesh-attn-res-linear`` and ``facemesh-attn-onet-res-linear`` models': FaceRes' appended). With
+``--mirror-average`` the two face front-ends give the features the shipped DP models
 see: averaged over the face and its mirror image (``mirror_average``) and centred on the training mean
 (``center``). The train features come from (and go to) privfer's feature cache.
 
@@ -28,6 +30,7 @@ from privfer.data.cache import load_faces
 from privfer.models.attnmesh import FaceAttentionLinear, FaceMeshAttentionLinear, FaceMeshAttentionONetLinear
 from privfer.models.facefeat import FaceFeatureLinear
 from privfer.models.facemesh import FaceMeshLinear
+from privfer.models.faceres import FaceMeshAttentionONetResLinear, FaceMeshAttentionResLinear, FaceResFeatures
 from privfer.models.onet import FaceMeshONetLinear, FaceONetLinear, ONetFeatures
 from privfer.models.scatter import ScatterLinear
 from privfer.train.features import cached, compute
@@ -39,9 +42,16 @@ class ONetLinear(FaceFeatureLinear):
     frontend_class = ONetFeatures
 
 
+class FaceResLinear(FaceFeatureLinear):
+    """A linear head on FaceRes' features alone (only for this probe)."""
+
+    frontend_class = FaceResFeatures
+
+
 FACE_MODELS = {"face": FaceFeatureLinear, "facemesh": FaceMeshLinear, "onet": ONetLinear, "face-onet": FaceONetLinear,
                "facemesh-onet": FaceMeshONetLinear, "face-attn": FaceAttentionLinear, "facemesh-attn": FaceMeshAttentionLinear,
-               "facemesh-attn-onet": FaceMeshAttentionONetLinear}
+               "facemesh-attn-onet": FaceMeshAttentionONetLinear, "res": FaceResLinear,
+               "facemesh-attn-res": FaceMeshAttentionResLinear, "facemesh-attn-onet-res": FaceMeshAttentionONetResLinear}
 TRAIN, VAL = "fer2013:../shared/data/fer2013@train", "fer2013:../shared/data/fer2013@val"
 WEIGHT_DECAY, ITERATIONS = 1e-3, 60
 
@@ -93,7 +103,7 @@ if __name__ == "__main__":
     ap.add_argument("variants", nargs="*", default=["full", "fast", "face", "facemesh"],
                     help="front-ends: scattering variants (full, fast), face (CenterFace features), "
                          "facemesh (CenterFace and Face Mesh features), onet (ONet's), face-onet, facemesh-onet, "
-                         "face-attn, facemesh-attn or facemesh-attn-onet")
+                         "face-attn, facemesh-attn, facemesh-attn-onet, res, facemesh-attn-res or facemesh-attn-onet-res")
     ap.add_argument("--pool", type=int, default=1, help="average the maps over K x K cells, as scatter-linear's pool")
     ap.add_argument("--mirror-average", action="store_true",
                     help="face and facemesh: mirror-averaged features centred on their mean, as the shipped DP models")

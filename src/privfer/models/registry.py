@@ -3,9 +3,10 @@ features + head), ``face-linear`` (fixed CenterFace backbone features + linear h
 (CenterFace and MediaPipe Face Mesh features + linear head), ``face-onet-linear`` and ``facemesh-onet-linear``
 (the same with MTCNN ONet's features appended), ``face-attn-linear`` and ``facemesh-attn-linear`` (CenterFace's,
 or CenterFace's and Face Mesh's, features and the attention mesh's lips and eye regions + linear head;
-``facemesh-attn-onet-linear`` with ONet's too),
-``facemesh-tuned`` (the same front-ends with Face Mesh's
-trunk trained too, and one hidden layer)."""
+``facemesh-attn-onet-linear`` with ONet's too), ``facemesh-attn-onet-res-linear``,
+``facemesh-attn-res-linear`` and ``face-onet-res-linear`` (HSE FaceRes' features appended to those of
+``facemesh-attn-onet-linear``, ``facemesh-attn-linear`` and ``face-onet-linear``), ``facemesh-tuned`` (the same
+front-ends with Face Mesh's trunk trained too, and one hidden layer)."""
 from __future__ import annotations
 
 from torch import nn
@@ -15,6 +16,7 @@ from .cnn import CNN
 from .facefeat import FaceFeatureLinear
 from .attnmesh import FaceAttentionLinear, FaceMeshAttentionLinear, FaceMeshAttentionONetLinear
 from .facemesh import FaceMeshLinear, FaceMeshTuned
+from .faceres import FaceMeshAttentionONetResLinear, FaceMeshAttentionResLinear, FaceONetResLinear
 from .fusion import Fusion
 from .onet import FaceMeshONetLinear, FaceONetLinear
 from .resnet import ResNet
@@ -24,6 +26,9 @@ MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "fusion": Fu
                                    "face-linear": FaceFeatureLinear, "facemesh-linear": FaceMeshLinear,
                                    "facemesh-tuned": FaceMeshTuned, "face-attn-linear": FaceAttentionLinear, "facemesh-attn-linear": FaceMeshAttentionLinear,
                                    "facemesh-attn-onet-linear": FaceMeshAttentionONetLinear,
+                                   "facemesh-attn-onet-res-linear": FaceMeshAttentionONetResLinear,
+                                   "facemesh-attn-res-linear": FaceMeshAttentionResLinear,
+                                   "face-onet-res-linear": FaceONetResLinear,
                                    "face-onet-linear": FaceONetLinear, "facemesh-onet-linear": FaceMeshONetLinear}
 DEFAULT_MODEL = "fusion"
 

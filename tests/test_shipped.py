@@ -16,7 +16,7 @@ EXPECTED = {
     "ferplus-dp8": CLASSES,
     "ferplus-dp8-facemesh": CLASSES,  # an accurate option: CenterFace, Face Mesh and ONet features
     "ferplus-dp8-attn": CLASSES,  # the most accurate: the same and the attention mesh's lips and eye features
-    "ferplus-dp8-scatter": CLASSES,  # the fast option: scattering features, a fourteenth of the default's FLOPs
+    "ferplus-dp8-scatter": CLASSES,  # the fast option: scattering features, 23 MFLOPs per face against the default's 821
 }
 
 

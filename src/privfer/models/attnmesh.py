@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PrivferError
-from .facefeat import CenterFaceFeatures, FaceFeatureLinear
+from .facefeat import STACKED_NOTE, CenterFaceFeatures, FaceFeatureLinear, append_frontend
 from .facemesh import MARGIN, SIDE, FaceFeatures, FaceMeshLinear, FaceMeshNet, mesh_input
 from .layers import StackedFeatures, in_chunks, release_plan
 from .onet import FaceMeshONetFeatures, FaceMeshONetLinear
@@ -168,11 +168,8 @@ _ATTN_CARD = {
 
 def _with_attention(card: dict) -> dict:
     """A model card's ``pretrained_frontend`` with the attention mesh appended."""
-    return {**{k: f"{card[k]}; and {_ATTN_CARD[k]}" if k != "sha256" else f"{card[k]}; {_ATTN_CARD[k]}"
-               for k in _ATTN_CARD},
-            "note": "the fixed front-ends learnt nothing from this card's data; no guarantee of this card covers the "
-                    "data they were trained on (WIDER FACE and CelebA are public; the Face Mesh models' photographs "
-                    "are Google's)"}
+    return append_frontend(card, _ATTN_CARD, STACKED_NOTE + " (WIDER FACE and CelebA are public; the Face Mesh models' "
+                                                      "photographs are Google's)")
 
 
 class FaceAttentionLinear(FaceFeatureLinear):

@@ -196,6 +196,20 @@ def feature_shape(frontend_class: type[nn.Module]) -> tuple[int, ...]:
     return getattr(frontend_class, "out_shape", None) or (frontend_class.out_channels, GRID, GRID)
 
 
+#: The ``note`` of a model card's ``pretrained_frontend`` when several front-ends are stacked.
+STACKED_NOTE = ("the fixed front-ends learnt nothing from this card's data; no guarantee of this card covers the "
+                "data they were trained on")
+
+
+def append_frontend(card: dict, extra: dict, note: str = STACKED_NOTE) -> dict:
+    """A model card's ``pretrained_frontend`` ``card`` with the front-end described by ``extra`` appended: each of
+    its ``frontend``, ``weights``, ``sha256`` and ``trained_on`` joined to ``card``'s, and ``note`` replacing
+    ``card``'s."""
+    return {**{k: f"{card[k]}; {extra[k]}" if k == "sha256" else f"{card[k]}; and {extra[k]}"
+               for k in ("frontend", "weights", "sha256", "trained_on")},
+            "note": note}
+
+
 class FaceFeatureLinear(nn.Module):
     """:class:`CenterFaceFeatures` + a linear head (2,592 features): the cheapest model to train with DP on
     features learnt from public, non-expression data. Takes faces of any size (they are upscaled to 128).

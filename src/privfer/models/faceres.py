@@ -25,7 +25,7 @@ from torch import nn
 
 from .attnmesh import (FaceMeshAttentionFeatures, FaceMeshAttentionLinear, FaceMeshAttentionONetFeatures,
                        FaceMeshAttentionONetLinear)
-from .facefeat import GRID, grid_pool
+from .facefeat import GRID, append_frontend, grid_pool
 from .facemesh import checked_weights
 from .layers import StackedFeatures, in_chunks
 from .onet import FaceONetFeatures, FaceONetLinear
@@ -122,10 +122,7 @@ FACERES_CARD = {
 
 def with_faceres(card: dict) -> dict:
     """A model card's ``pretrained_frontend`` with FaceRes appended."""
-    return {**{k: f"{card[k]}; and {FACERES_CARD[k]}" if k != "sha256" else f"{card[k]}; {FACERES_CARD[k]}"
-               for k in FACERES_CARD},
-            "note": "the fixed front-ends learnt nothing from this card's data; no guarantee of this card covers the "
-                    "data they were trained on"}
+    return append_frontend(card, FACERES_CARD)
 
 
 class FaceMeshAttentionONetResFeatures(StackedFeatures):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .facefeat import GRID, CenterFaceFeatures, FaceFeatureLinear, grid_pool
+from .facefeat import GRID, CenterFaceFeatures, FaceFeatureLinear, append_frontend, grid_pool
 from .facemesh import FaceFeatures, FaceMeshLinear, checked_weights
 from .layers import StackedFeatures, in_chunks
 
@@ -100,10 +100,7 @@ _ONET_CARD = {
 
 def _with_onet(card: dict) -> dict:
     """A model card's ``pretrained_frontend`` with ONet appended."""
-    return {**{k: f"{card[k]}; and {_ONET_CARD[k]}" if k != "sha256" else f"{card[k]}; {_ONET_CARD[k]}"
-               for k in ("frontend", "weights", "sha256", "trained_on")},
-            "note": "the fixed front-ends learnt nothing from this card's data; no guarantee of this card covers the "
-                    "data they were trained on"}
+    return append_frontend(card, _ONET_CARD)
 
 
 class FaceONetLinear(FaceFeatureLinear):

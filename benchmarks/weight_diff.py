@@ -3,8 +3,9 @@
 For each name, compares ``RUNS_ROOT/NAME/model.safetensors`` (what ``privfer train --config configs/NAME.yaml``
 or ``make runs`` wrote) with the shipped ``src/privfer/weights/NAME.safetensors``, tensor by tensor, and prints
 the largest absolute difference, the largest absolute shipped weight for scale, and the model card's
-``selected`` line of each (the best validation accuracy that chose the checkpoint). Different tensor names or
-shapes are reported as such, not compared.
+``selected`` line of each (the best validation accuracy that chose the checkpoint). Weights stored as int8 are
+compared as the float32 tensors they load as (``privfer.models.io.widen``). Different tensor names or shapes are
+reported as such, not compared.
 
 Usage: python benchmarks/weight_diff.py NAME [NAME ...] [--runs-root runs]
        (e.g. fer2013-dp8 fer2013-public10-dp8 ferplus-dp8; reads only, seconds)
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from privfer.models.io import WEIGHTS_DIR
+from privfer.models.io import WEIGHTS_DIR, widen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: missing {', '.join(missing)}", file=sys.stderr)
             status = 1
             continue
-        a, b = load_file(run), load_file(shipped)
+        a, b = widen(load_file(run)), widen(load_file(shipped))
         if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
             print(f"{name}: tensor names or shapes differ; not comparable")
             status = 1

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from privfer.cli import main
 from privfer.errors import PrivferError
 from privfer.models.facefeat import FaceFeatureLinear
-from privfer.models.io import load_model
+from privfer.models.io import INT8_SCALE, dequantize_int8, load_model, quantize_int8
 from privfer.train.config import TrainConfig
 from privfer.train.loop import train
 from privfer.train.subspace import fold_projection, projection_of, public_basis
@@ -126,8 +126,44 @@ def test_float16_weights_halve_the_file_load_as_float32_and_are_calibrated_as_st
     assert main(["calibrate", str(r16), "--data", card["calibrated_on"], "--out", str(tmp_path / "re")]) == 0
     again = json.loads((tmp_path / "re" / "model_card.json").read_text())
     assert again["temperature"] == pytest.approx(card["temperature"], rel=5e-5)
-    with pytest.raises(PrivferError, match="weights_dtype must be float32 or float16"):
-        _cfg(tiny_fer, tmp_path / "x", weights_dtype="int8")
+    with pytest.raises(PrivferError, match="weights_dtype must be one of float32, float16, int8, got 'bfloat16'"):
+        _cfg(tiny_fer, tmp_path / "x", weights_dtype="bfloat16")
+
+
+def test_int8_quantisation_is_per_row_and_within_half_a_step():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(5, 3, 4, generator=g) * torch.tensor([1e-3, 1.0, 30.0, 0.0, 2.0]).view(5, 1, 1)
+    q, scale = quantize_int8(t)
+    assert q.dtype == torch.int8 and q.shape == t.shape and scale.shape == (5,)
+    assert q.abs().amax(dim=(1, 2)).tolist() == [127, 127, 127, 0, 127]  # each row's peak at full scale
+    back = dequantize_int8(q, scale)
+    assert torch.all((back - t).abs() <= scale.view(5, 1, 1) / 2 + 1e-7)  # half a step of its own row
+    assert torch.equal(back[3], torch.zeros(3, 4))  # an all-zero row stays zero
+
+
+def test_int8_weights_store_matrices_with_scales_load_as_float32_and_are_calibrated_as_stored(tiny_fer, tmp_path):
+    """``weights_dtype: int8`` stores each weight matrix as int8 with per-row scales and every other floating
+    tensor as float16; loading widens them to float32, and the card's calibration is that of those weights."""
+    r32 = train(_cfg(tiny_fer, tmp_path / "f32"), progress=False, log=lambda *_: None)
+    r8 = train(_cfg(tiny_fer, tmp_path / "i8", weights_dtype="int8"), progress=False, log=lambda *_: None)
+    w32, w8 = load_file(str(r32 / "model.safetensors")), load_file(str(r8 / "model.safetensors"))
+    matrices = [k for k, v in w32.items() if v.is_floating_point() and v.dim() >= 2]
+    assert matrices and sorted(w8) == sorted([*w32, *(k + INT8_SCALE for k in matrices)])
+    for k, v in w32.items():
+        if k in matrices:  # the same training; only the storage differs
+            assert w8[k].dtype == torch.int8, k
+            torch.testing.assert_close(dequantize_int8(w8[k], w8[k + INT8_SCALE]), v, rtol=0,
+                                       atol=float(w8[k + INT8_SCALE].max()) / 2 + 1e-7)
+        else:
+            assert torch.equal(w8[k], v.half() if v.is_floating_point() else v), k
+    net = load_model(str(r8)).net
+    for k, v in net.state_dict().items():
+        if k in matrices:
+            assert v.dtype == torch.float32 and torch.equal(v, dequantize_int8(w8[k], w8[k + INT8_SCALE])), k
+    card = json.loads((r8 / "model_card.json").read_text())
+    assert main(["calibrate", str(r8), "--data", card["calibrated_on"], "--out", str(tmp_path / "re")]) == 0
+    again = json.loads((tmp_path / "re" / "model_card.json").read_text())
+    assert again["temperature"] == pytest.approx(card["temperature"], rel=5e-5)
 
 
 def test_public_mix_trains_with_the_same_epsilon_and_the_same_update_under_both_clippings(tiny_fer, tmp_path):

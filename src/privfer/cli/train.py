@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
                    help="two-stage runs: add to each DP step the gradient on a public batch, rescaled to W times the "
                         "clipping norm (public data: no privacy cost; default 0, off)")
     p.add_argument("--weights-dtype", choices=STORED_DTYPES,
-                   help="how the saved weights are stored (float16: half the file; calibrated on the rounded weights)")
+                   help="how the saved weights are stored (float16: half the file; int8: the layers' weight matrices as "
+                        "int8 with per-row scales, a quarter; calibrated on the rounded weights)")
     p.add_argument("--epsilon", type=float)
     p.add_argument("--delta", type=float)
     p.add_argument("--epochs", type=int, help="epochs of the private stage (or of the only stage)")

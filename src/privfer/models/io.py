@@ -59,15 +59,60 @@ def _json_default(o):
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, dtype: str = "float32") -> None:
-    """Write a state dict as safetensors, atomically; floating tensors stored as ``dtype`` (float32 or float16:
-    :func:`load_model` widens float16 back to the model's float32)."""
+    """Write a state dict as safetensors, atomically; floating tensors stored as ``dtype``: float32, float16, or
+    int8 (each floating tensor of two or more dimensions as int8 with one float32 scale per row, under the key
+    ``NAME`` + :data:`INT8_SCALE`; the others as float16). :func:`widen` turns what was stored back into float32,
+    which :func:`load_model` does."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: _stored(v.detach(), dtype).contiguous().cpu() for k, v in state.items()}, str(tmp))
+    stored = {}
+    for k, v in state.items():
+        v = v.detach()
+        if _quantized(v, dtype):
+            stored[k], stored[k + INT8_SCALE] = quantize_int8(v)
+        else:
+            stored[k] = _stored(v, "float16" if dtype == "int8" else dtype)
+    save_file({k: v.contiguous().cpu() for k, v in stored.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+#: Key suffix of an int8 tensor's per-row scales in a weights file (``weights_dtype: int8``).
+INT8_SCALE = ".int8_scale"
+
+
+def _quantized(t: torch.Tensor, dtype: str) -> bool:
+    """Whether ``save_weights(..., dtype)`` stores ``t`` as int8 with per-row scales."""
+    return dtype == "int8" and t.is_floating_point() and t.dim() >= 2
+
+
+def quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (``q`` int8 of ``t``'s shape, ``scale`` float32 [rows]) with ``t`` close to
+    ``q * scale`` row by row; each row's largest magnitude maps to 127 (an all-zero row gets scale 1)."""
+    rows = t.detach().float().reshape(t.shape[0], -1)
+    peak = rows.abs().amax(dim=1)
+    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(t.shape), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 ``q * scale``, one scale per row of ``q`` (the inverse of :func:`quantize_int8` up to rounding)."""
+    return q.float() * scale.float().view(-1, *([1] * (q.dim() - 1)))
+
+
+def widen(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A stored state dict as the model's tensors: each int8 tensor with its :data:`INT8_SCALE` scales turned
+    back into float32 (other tensors as they are; ``load_state_dict`` widens float16 itself)."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith(INT8_SCALE) and k[:-len(INT8_SCALE)] in state:
+            continue
+        scale = state.get(k + INT8_SCALE)
+        out[k] = dequantize_int8(v, scale) if scale is not None and v.dtype == torch.int8 else v
+    return out
 
 
 def _stored(t: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -75,12 +120,16 @@ def _stored(t: torch.Tensor, dtype: str) -> torch.Tensor:
 
 
 def round_to_stored(net: nn.Module, dtype: str) -> nn.Module:
-    """``net`` with every floating parameter and buffer rounded through ``dtype``, in place: the function its
-    weights compute once saved with :func:`save_weights` (``dtype``) and loaded again. Unchanged for float32."""
+    """``net`` with every floating tensor of its state dict rounded through ``dtype``, in place: the function its
+    weights compute once saved with :func:`save_weights` (``dtype``) and loaded again. Unchanged for float32.
+    Tensors outside the state dict (a fixed front-end's non-persistent weights) are left alone: they are never
+    stored."""
     with torch.no_grad():
-        for t in [*net.parameters(), *net.buffers()]:
-            if t.is_floating_point():
-                t.copy_(_stored(t, dtype))
+        for t in net.state_dict(keep_vars=True).values():
+            if _quantized(t, dtype):
+                t.copy_(dequantize_int8(*quantize_int8(t)))
+            elif t.is_floating_point():
+                t.copy_(_stored(t, "float16" if dtype == "int8" else dtype))
     return net
 
 
@@ -225,7 +274,7 @@ def load_model(ref: str | Path | None = None, device: str = "cpu") -> LoadedMode
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise PrivferError(f"{c}: not a privfer model card ({e.__class__.__name__}: {e})") from None
     try:
-        state = load_file(str(w), device=device)
+        state = widen(load_file(str(w), device=device))
         net.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
@@ -251,7 +300,7 @@ def init_weights(net: nn.Module, ref: str | Path, classes) -> dict:
     if theirs != list(classes):
         raise PrivferError(f"init_from {ref}: its classes {', '.join(theirs)} are not this run's {', '.join(classes)}")
     try:
-        state = load_file(str(w))
+        state = widen(load_file(str(w)))
     except (SafetensorError, OSError) as e:
         raise PrivferError(f"{w}: not a safetensors weights file ({str(e).splitlines()[0] if str(e) else e})") from None
     own = net.state_dict()

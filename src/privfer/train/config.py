@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import PrivferError
 
 #: How a run may store its weights (``weights_dtype``).
-STORED_DTYPES = ("float32", "float16")
+STORED_DTYPES = ("float32", "float16", "int8")
 
 
 @dataclass
@@ -83,9 +83,10 @@ class TrainConfig:
     min_recall: dict | None = None      # {class: floor}: then raise those classes' offsets until each one's
                                         # validation recall is at least its floor (e.g. {disgust: 0.4})
     select: str = "best"                # best (validation accuracy of EMA weights) | last
-    weights_dtype: str = "float32"      # float32 | float16: how model.safetensors stores the weights (float16
-                                        # halves the file; the card is calibrated on the rounded weights, and
-                                        # loading widens them to float32: models/io.py)
+    weights_dtype: str = "float32"      # float32 | float16 | int8: how model.safetensors stores the weights
+                                        # (float16 halves the file, int8 with per-row scales quarters the large
+                                        # layers; the card is calibrated on the rounded weights, and loading
+                                        # widens them to float32: models/io.py)
     seed: int = 0
     threads: int | None = None
     device: str = "auto"                # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda
@@ -145,7 +146,7 @@ class TrainConfig:
             raise PrivferError("public_mixup mixes examples in the public stage: it needs --public (or --public-split) "
                                "data (under DP a mixture would put two examples in one clipped gradient)")
         if self.weights_dtype not in STORED_DTYPES:
-            raise PrivferError(f"weights_dtype must be {' or '.join(STORED_DTYPES)}, got {self.weights_dtype!r}")
+            raise PrivferError(f"weights_dtype must be one of {', '.join(STORED_DTYPES)}, got {self.weights_dtype!r}")
         if self.init_from and self.private:
             raise PrivferError("init_from: a run with private data cannot start from another model (nothing shows "
                                "that model never learnt from this run's private data, and if it did the guarantee "

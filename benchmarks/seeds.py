@@ -12,7 +12,7 @@ same settings: its ``config.json`` equal, apart from ``out``, to what the comman
 table's own runs count as their seed, and a run is never trained twice). ``--dry-run`` lists what would be
 trained. The commands run through the ``privfer`` on the PATH, as a user would run them.
 
-Usage: python benchmarks/seeds.py NAME [NAME ...] [--seeds 0 1 2] [--runs-root runs] [--dry-run]
+Usage: python benchmarks/seeds.py NAME [NAME ...] [--seeds 0 1 2] [--runs-root runs] [--threads N] [--dry-run]
        (e.g. fer2013-dp8 fer2013-dp1 ferplus-dp8; 1-2 minutes of training per run with the features cached)
 """
 from __future__ import annotations
@@ -82,13 +82,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--runs-root", type=Path, default=Path("runs"), help="where finished runs are looked for")
     ap.add_argument("--dry-run", action="store_true", help="list the runs that would be trained, train nothing")
+    ap.add_argument("--threads", type=int, help="train with this many CPU threads (privfer train --threads; a setting "
+                                                "of the run, so runs trained with other threads do not count)")
     a = ap.parse_args()
     plan, done = [], finished_runs(a.runs_root)
     for name in a.names:
         for seed in a.seeds:
             out = a.runs_root / "seeds" / f"{name}-s{seed}"
             try:
-                cfg = TrainConfig.from_file(Path("configs") / f"{name}.yaml", seed=seed, out=str(out))
+                extra = {} if a.threads is None else {"threads": a.threads}
+                cfg = TrainConfig.from_file(Path("configs") / f"{name}.yaml", seed=seed, out=str(out), **extra)
             except PrivferError as e:
                 sys.exit(str(e))
             plan.append((name, seed, cfg, done.get(settings(cfg.to_dict()))))
@@ -99,7 +102,8 @@ def main() -> None:
     results: dict[str, list] = {}
     for name, seed, cfg, run in plan:
         if run is None:
-            args = ("train", "--config", f"configs/{name}.yaml", "--seed", str(seed), "--out", cfg.out)
+            args = ("train", "--config", f"configs/{name}.yaml", "--seed", str(seed), "--out", cfg.out,
+                    *(() if a.threads is None else ("--threads", str(a.threads))))
             print("$ privfer", " ".join(args), flush=True)
             privfer(*args, stdout=subprocess.DEVNULL)
             run = Path(cfg.out)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from privfer.cli import main
 from privfer.errors import PrivferError
@@ -160,6 +161,12 @@ def test_int8_weights_store_matrices_with_scales_load_as_float32_and_are_calibra
     for k, v in net.state_dict().items():
         if k in matrices:
             assert v.dtype == torch.float32 and torch.equal(v, dequantize_int8(w8[k], w8[k + INT8_SCALE])), k
+    for broken in ({k: v for k, v in w8.items() if k != matrices[0] + INT8_SCALE},  # scales lost
+                   {**w8, matrices[0] + INT8_SCALE: w8[matrices[0] + INT8_SCALE][:1]}):  # too few of them
+        save_file(broken, str(tmp_path / "broken.safetensors"))
+        shutil.copy(r8 / "model_card.json", tmp_path / "broken.json")
+        with pytest.raises(PrivferError, match=f"weights do not fit the model card .*int8 tensor {matrices[0]} without"):
+            load_model(str(tmp_path / "broken.safetensors"))
     card = json.loads((r8 / "model_card.json").read_text())
     assert main(["calibrate", str(r8), "--data", card["calibrated_on"], "--out", str(tmp_path / "re")]) == 0
     again = json.loads((tmp_path / "re" / "model_card.json").read_text())

@@ -105,13 +105,19 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def widen(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A stored state dict as the model's tensors: each int8 tensor with its :data:`INT8_SCALE` scales turned
-    back into float32 (other tensors as they are; ``load_state_dict`` widens float16 itself)."""
+    back into float32 (other tensors as they are; ``load_state_dict`` widens float16 itself). RuntimeError for
+    an int8 tensor without one scale per row: privfer stores no other int8 tensors."""
     out = {}
     for k, v in state.items():
         if k.endswith(INT8_SCALE) and k[:-len(INT8_SCALE)] in state:
             continue
+        if v.dtype != torch.int8:
+            out[k] = v
+            continue
         scale = state.get(k + INT8_SCALE)
-        out[k] = dequantize_int8(v, scale) if scale is not None and v.dtype == torch.int8 else v
+        if scale is None or scale.shape != (v.shape[0] if v.dim() else -1,):
+            raise RuntimeError(f"int8 tensor {k} without one {INT8_SCALE} scale per row")
+        out[k] = dequantize_int8(v, scale)
     return out
 
 
@@ -301,7 +307,7 @@ def init_weights(net: nn.Module, ref: str | Path, classes) -> dict:
         raise PrivferError(f"init_from {ref}: its classes {', '.join(theirs)} are not this run's {', '.join(classes)}")
     try:
         state = widen(load_file(str(w)))
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, RuntimeError) as e:
         raise PrivferError(f"{w}: not a safetensors weights file ({str(e).splitlines()[0] if str(e) else e})") from None
     own = net.state_dict()
     for k, v in state.items():

@@ -74,7 +74,7 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, dtype: str = "float
         if _quantized(v, dtype):
             stored[k], stored[k + INT8_SCALE] = quantize_int8(v)
         else:
-            stored[k] = _stored(v, "float16" if dtype == "int8" else dtype)
+            stored[k] = _stored(v, dtype)
     save_file({k: v.contiguous().cpu() for k, v in stored.items()}, str(tmp))
     os.replace(tmp, path)
 
@@ -122,7 +122,8 @@ def widen(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _stored(t: torch.Tensor, dtype: str) -> torch.Tensor:
-    return t.to(getattr(torch, dtype)) if t.is_floating_point() else t
+    """``t`` as stored when it is not quantised: floating tensors in ``dtype`` (float16 for ``int8`` runs)."""
+    return t.to(getattr(torch, "float16" if dtype == "int8" else dtype)) if t.is_floating_point() else t
 
 
 def round_to_stored(net: nn.Module, dtype: str) -> nn.Module:
@@ -135,7 +136,7 @@ def round_to_stored(net: nn.Module, dtype: str) -> nn.Module:
             if _quantized(t, dtype):
                 t.copy_(dequantize_int8(*quantize_int8(t)))
             elif t.is_floating_point():
-                t.copy_(_stored(t, "float16" if dtype == "int8" else dtype))
+                t.copy_(_stored(t, dtype))
     return net
 
 
